@@ -1,0 +1,248 @@
+"""PAL configuration: one decoder LLM, up to four frozen audio encoders, and how each encoder reaches the LLM."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+MAX_AUDIO_ENCODERS = 4
+INTEGRATIONS = ("plits", "lal", "hybrid")
+PROJECTORS = ("mlp", "linear", "qformer")
+WHISPER_FAMILY = ("whisper",)
+ENCODER_SETTING_KEYS = ("name", "integration", "projector", "downsample", "layer")
+
+
+def default_encoder_settings(name: str, model_type: str, integration: str) -> dict:
+    """The defaults table of the design: PLITS stacks 4 frames into a 2-layer MLP, LAL keeps every frame."""
+    if integration not in INTEGRATIONS:
+        raise ValueError(f"integration for encoder {name!r} must be one of {INTEGRATIONS}, got {integration!r}")
+    plits_defaults = {"projector": "mlp", "downsample": 4 if model_type in WHISPER_FAMILY else 1}
+    defaults = {
+        "plits": plits_defaults,
+        "lal": {"projector": "linear", "downsample": 1},
+        "hybrid": {"projector": "qformer", "downsample": 1},
+    }[integration]
+    return {"name": name, "integration": integration, **defaults, "layer": -1}
+
+
+def num_encoder_tokens(audio_config: PreTrainedConfig, num_valid_features):
+    """
+    Valid encoder tokens of one window from its count of valid feature frames (works on ints and integer tensors).
+
+    Whisper halves mel frames with a stride-2 convolution (50 Hz tokens); other families are added by their adapters.
+    """
+    if audio_config.model_type in WHISPER_FAMILY:
+        return (num_valid_features + 1) // 2
+    raise ValueError(f"Unsupported audio encoder type {audio_config.model_type!r}")
+
+
+def num_plits_tokens(settings: dict, num_encoder_tokens_in_window, num_summary_tokens: int):
+    """PLITS embeddings one window gives: Q-Former summaries, or its valid tokens stacked by `downsample`."""
+    if settings["projector"] == "qformer":
+        return num_summary_tokens if num_encoder_tokens_in_window > 0 else 0
+    return -(-num_encoder_tokens_in_window // settings["downsample"])
+
+
+def default_lal_start_layer(num_layers: int) -> int:
+    """Delayed integration: layer 4 for LLMs of at least 16 layers (the paper's k = 4), else a quarter of the depth."""
+    return 4 if num_layers >= 16 else num_layers // 4
+
+
+@strict
+class PalConfig(PreTrainedConfig):
+    r"""
+    Configuration of a PAL audio-LLM ([PAL: Probing Audio Encoders via LLMs](https://arxiv.org/abs/2506.10423)).
+
+    Frozen audio encoders feed a decoder-only LLM. Each encoder reaches the LLM in its own way:
+
+    - `"plits"`: projected audio tokens fill placeholder positions of the text and pass through every layer;
+    - `"lal"`: from a delayed start layer on, audio enters only as extra keys and values of self-attention
+      (text-only queries, no FFN for audio, no residual stream);
+    - `"hybrid"`: a Q-Former's summary tokens go in via PLITS while the full sequence goes in via LAL.
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the decoder LLM (`llama`, `qwen2`, `qwen3` or `mistral`). Defaults to a `LlamaConfig`.
+        audio_config_0 … audio_config_3 (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the audio encoder in slot k (a full `WhisperConfig`, a `ClapAudioConfig`, an `ASTConfig`, or a
+            wav2vec2 / HuBERT / data2vec-audio config). Slots are filled in order, without gaps.
+        audio_encoders (`list[dict]`, *optional*):
+            One entry per filled slot, in slot order, with keys `name` (unique, e.g. `"whisper"`), `integration`
+            (`"plits"`, `"lal"` or `"hybrid"`), `projector` (`"mlp"`, `"linear"` or `"qformer"`; the PLITS
+            projector), `downsample` (frames stacked per PLITS token) and `layer` (which encoder hidden state to
+            use, -1 for the last). Missing keys take the defaults of `default_encoder_settings`.
+        lal_start_layer (`int`, *optional*):
+            First decoder layer that receives LAL audio; every later layer receives it too. Defaults to 4 for LLMs
+            of 16 layers or more, else `num_hidden_layers // 4`. Only meaningful when an encoder uses LAL.
+        lal_layers (`list[int]`, *optional*):
+            Explicit list of LAL layers. After construction this field always holds the resolved, sorted list
+            (`[]` when no encoder uses LAL). Setting it together with an inconsistent `lal_start_layer` raises.
+        lal_audio_visibility (`str`, *optional*, defaults to `"causal"`):
+            `"causal"`: a text position sees a LAL clip only at or after that clip's marker token, so a multi-turn
+            chat never sees a later turn's audio. `"all"`: every text position sees every clip.
+        lal_kv_source (`str`, *optional*, defaults to `"shared"`):
+            `"shared"`: audio keys/values come from the layer's own `k_proj`/`v_proj` (and key norm).
+            `"separate"`: new `audio_k_proj`/`audio_v_proj` per LAL layer, initialised from the layer's own.
+        lal_audio_rope (`bool`, *optional*, defaults to `False`):
+            Rotate audio keys with RoPE at positions `-Na … -1` (as if the audio preceded the text). By default
+            audio keys carry no rotary position; the encoder's own positional information is inside the features.
+        lal_projector (`str`, *optional*, defaults to `"per_layer"`):
+            `"per_layer"`: one Linear (encoder width → model width) per LAL layer; `"shared"`: one for all layers.
+        num_summary_tokens (`int`, *optional*, defaults to 32):
+            Q-Former queries per encoder window (hybrid integration and `projector="qformer"`).
+        qformer_num_layers (`int`, *optional*, defaults to 2):
+            Depth of the Q-Former.
+        projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Activation of the PLITS MLP projector.
+        audio_token (`str`, *optional*, defaults to `"<|audio|>"`):
+            The token the user writes once per clip; it stays in the text as the clip's LAL marker.
+        audio_token_id (`int`, *optional*):
+            Its id in the LLM vocabulary.
+        audio_placeholder_token (`str`, *optional*, defaults to `"<|audio_pad|>"`):
+            The token that PLITS audio embeddings replace.
+        audio_placeholder_token_id (`int`, *optional*):
+            Its id in the LLM vocabulary.
+        tie_word_embeddings (`bool`, *optional*):
+            Whether `lm_head` shares the input embeddings; follows `text_config` when unset.
+
+    Example:
+
+    ```python
+    >>> from transformers import LlamaConfig, WhisperConfig
+    >>> from modeling_pal import PalConfig
+
+    >>> config = PalConfig(
+    ...     text_config=LlamaConfig(num_hidden_layers=8),
+    ...     audio_config_0=WhisperConfig(),
+    ...     audio_encoders=[{"name": "whisper", "integration": "lal"}],
+    ...     lal_start_layer=2,
+    ... )
+    >>> config.lal_layers
+    [2, 3, 4, 5, 6, 7]
+    ```
+    """
+
+    model_type = "pal"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+        **{
+            f"audio_config_{k}": SubConfigSpec(config_class=AutoConfig, model_type="whisper", optional=True)
+            for k in range(MAX_AUDIO_ENCODERS)
+        },
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    audio_config_0: dict | PreTrainedConfig | None = None
+    audio_config_1: dict | PreTrainedConfig | None = None
+    audio_config_2: dict | PreTrainedConfig | None = None
+    audio_config_3: dict | PreTrainedConfig | None = None
+    audio_encoders: list[dict] | None = None
+    lal_start_layer: int | None = None
+    lal_layers: list[int] | None = None
+    lal_audio_visibility: str = "causal"
+    lal_kv_source: str = "shared"
+    lal_audio_rope: bool = False
+    lal_projector: str = "per_layer"
+    num_summary_tokens: int = 32
+    qformer_num_layers: int = 2
+    projector_hidden_act: str = "gelu"
+    audio_token: str = "<|audio|>"
+    audio_token_id: int | None = None
+    audio_placeholder_token: str = "<|audio_pad|>"
+    audio_placeholder_token_id: int | None = None
+    tie_word_embeddings: bool | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.tie_word_embeddings is None:
+            self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        self._check_lal_options()
+        self.audio_encoders = self._resolve_encoder_settings()
+        self.lal_layers = self._resolve_lal_layers()
+
+    @property
+    def audio_configs(self) -> list[PreTrainedConfig]:
+        """The encoder configs of the filled slots, in slot order."""
+        return [getattr(self, f"audio_config_{k}") for k in range(len(self.audio_encoders))]
+
+    @property
+    def uses_plits(self) -> bool:
+        return any(enc["integration"] in ("plits", "hybrid") for enc in self.audio_encoders)
+
+    @property
+    def uses_lal(self) -> bool:
+        return any(enc["integration"] in ("lal", "hybrid") for enc in self.audio_encoders)
+
+    def _resolve_encoder_settings(self) -> list[dict]:
+        filled = [getattr(self, f"audio_config_{k}") is not None for k in range(MAX_AUDIO_ENCODERS)]
+        num_slots = sum(filled)
+        if filled != [True] * num_slots + [False] * (MAX_AUDIO_ENCODERS - num_slots):
+            raise ValueError(f"audio_config_0…3 must be filled in order without gaps, got filled slots {filled}")
+        settings = list(self.audio_encoders or [])
+        if len(settings) != num_slots:
+            raise ValueError(
+                f"audio_encoders has {len(settings)} entries but {num_slots} audio_config slots are filled"
+            )
+        resolved = []
+        for k, entry in enumerate(settings):
+            unknown = set(entry) - set(ENCODER_SETTING_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"audio_encoders[{k}] has unknown keys {sorted(unknown)}; known: {ENCODER_SETTING_KEYS}"
+                )
+            model_type = getattr(self, f"audio_config_{k}").model_type
+            name = entry.get("name", model_type)
+            base = default_encoder_settings(name, model_type, entry.get("integration", "plits"))
+            resolved.append(self._validate_encoder_entry(k, {**base, **entry, "name": name}))
+        names = [entry["name"] for entry in resolved]
+        if len(set(names)) != len(names):
+            raise ValueError(f"audio_encoders names must be unique, got {names}")
+        return resolved
+
+    def _validate_encoder_entry(self, k: int, entry: dict) -> dict:
+        if entry["projector"] not in PROJECTORS:
+            raise ValueError(f"audio_encoders[{k}].projector must be one of {PROJECTORS}, got {entry['projector']!r}")
+        if entry["integration"] == "hybrid" and entry["projector"] != "qformer":
+            raise ValueError(f"audio_encoders[{k}].projector must be 'qformer' for hybrid integration")
+        if not isinstance(entry["downsample"], int) or entry["downsample"] < 1:
+            raise ValueError(f"audio_encoders[{k}].downsample must be a positive int, got {entry['downsample']!r}")
+        if not isinstance(entry["layer"], int):
+            raise ValueError(f"audio_encoders[{k}].layer must be an int, got {entry['layer']!r}")
+        return entry
+
+    def _resolve_lal_layers(self) -> list[int]:
+        num_layers = self.text_config.num_hidden_layers
+        if not self.uses_lal:
+            if self.lal_layers or self.lal_start_layer is not None:
+                raise ValueError("lal_layers / lal_start_layer are set but no encoder uses LAL integration")
+            return []
+        start = self.lal_start_layer
+        if start is not None and not 0 <= start < num_layers:
+            raise ValueError(f"lal_start_layer must be in [0, {num_layers}), got {start}")
+        if not self.lal_layers:
+            start = default_lal_start_layer(num_layers) if start is None else start
+            return list(range(start, num_layers))
+        layers = sorted(set(self.lal_layers))
+        if layers[0] < 0 or layers[-1] >= num_layers:
+            raise ValueError(f"lal_layers must lie in [0, {num_layers}), got {self.lal_layers}")
+        if start is not None and layers != list(range(start, num_layers)):
+            raise ValueError(f"lal_layers {layers} is inconsistent with lal_start_layer={start}")
+        return layers
+
+    def _check_lal_options(self):
+        options = {
+            "lal_audio_visibility": ("causal", "all"),
+            "lal_kv_source": ("shared", "separate"),
+            "lal_projector": ("per_layer", "shared"),
+        }
+        for field, allowed in options.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
+        if self.num_summary_tokens < 1:
+            raise ValueError(f"num_summary_tokens must be positive, got {self.num_summary_tokens}")
+        if self.qformer_num_layers < 1:
+            raise ValueError(f"qformer_num_layers must be positive, got {self.qformer_num_layers}")
+
+
+__all__ = ["PalConfig"]

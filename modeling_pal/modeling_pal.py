@@ -1,0 +1,1035 @@
+"""PAL: frozen audio encoders feeding a decoder LLM through PLITS placeholders and/or LAL extra keys/values."""
+
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig
+from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+    rotate_half,
+)
+from transformers.models.mistral.modeling_mistral import MistralAttention
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
+from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils import logging
+
+from .configuration_pal import PalConfig, num_encoder_tokens
+
+logger = logging.get_logger(__name__)
+
+MAX_SLOTS = 4
+MAX_CLIPS_PER_SAMPLE = 1 << 20
+AUDIO_INPUT_PREFIXES = ("audio_features_", "audio_feature_mask_", "audio_window_clip_")
+AUDIO_INPUT_NAMES = tuple(f"{prefix}{k}" for prefix in AUDIO_INPUT_PREFIXES for k in range(MAX_SLOTS)) + (
+    "audio_embeds",
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PalAudioFeatures(ModelOutput):
+    """
+    Encoder output of one audio slot, batch-major like the processor's features, reusable across questions.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_windows, tokens_per_window, encoder_width)`):
+            Time-major encoder tokens per window (zeros for padding windows and padded frames).
+        audio_mask (`torch.BoolTensor` of shape `(batch_size, num_windows, tokens_per_window)`):
+            Which tokens hold real audio.
+        window_clip (`torch.LongTensor` of shape `(batch_size, num_windows)`):
+            Clip index of each window within its sample, -1 for padding windows.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    audio_mask: torch.BoolTensor | None = None
+    window_clip: torch.LongTensor | None = None
+
+
+@dataclass
+class PalModelOutputWithPast(BaseModelOutputWithPast):
+    """`BaseModelOutputWithPast` plus `audio_hidden_states`: the PLITS embeddings scattered into the text, `(N, hidden)`."""
+
+    audio_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class PalCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus `audio_hidden_states` (see `PalModelOutputWithPast`)."""
+
+    audio_hidden_states: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Encoder adapters: every encoder family becomes time-major tokens (N, T, C) plus a validity mask (N, T)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class WhisperAdapter:
+    """Whisper encoder: 2× conv downsampling of mel frames, 50 Hz tokens; the window's padding frames are dropped."""
+
+    model_type = "whisper"
+    input_name = "input_features"
+
+    @staticmethod
+    def build(config) -> nn.Module:
+        return WhisperEncoder(config)
+
+    @staticmethod
+    def width(config) -> int:
+        return config.d_model
+
+    @staticmethod
+    def tokens_per_window(config) -> int:
+        return config.max_source_positions
+
+    @staticmethod
+    def encode(encoder: nn.Module, features: torch.Tensor, feature_mask: torch.Tensor | None, layer: int):
+        """`(N, mel_bins, frames)` → tokens `(N, max_source_positions, d_model)`, valid `(N, max_source_positions)`."""
+        output = encoder(features, output_hidden_states=layer != -1, return_dict=True)
+        tokens = output.last_hidden_state if layer == -1 else output.hidden_states[layer]
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        if feature_mask is None:
+            return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return tokens, positions[None, :] < num_encoder_tokens(encoder.config, feature_mask.sum(-1))[:, None]
+
+
+AUDIO_ENCODER_ADAPTERS = {adapter.model_type: adapter for adapter in (WhisperAdapter,)}
+
+
+def audio_encoder_adapter(config) -> type:
+    """The adapter of an encoder config; unknown model types raise a `ValueError` naming them."""
+    adapter = AUDIO_ENCODER_ADAPTERS.get(config.model_type)
+    if adapter is None:
+        raise ValueError(
+            f"Unsupported audio encoder type {config.model_type!r}; supported: {sorted(AUDIO_ENCODER_ADAPTERS)}"
+        )
+    return adapter
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Projectors
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class PalPlitsProjector(nn.Module):
+    """Stacks `downsample` consecutive frames and maps them to the LLM width with a Linear or a 2-layer MLP."""
+
+    def __init__(self, in_dim: int, out_dim: int, downsample: int, kind: str, act: str):
+        super().__init__()
+        self.downsample = downsample
+        self.linear_1 = nn.Linear(in_dim * downsample, out_dim)
+        self.act = ACT2FN[act] if kind == "mlp" else None
+        self.linear_2 = nn.Linear(out_dim, out_dim) if kind == "mlp" else None
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(N, T, C)`, `(N, T)` → `(N, ceil(T / downsample), out_dim)` and its mask (a group is valid if it starts valid)."""
+        num, length, width = tokens.shape
+        pad = -length % self.downsample
+        tokens = nn.functional.pad(tokens * mask[..., None], (0, 0, 0, pad))
+        stacked = tokens.reshape(num, (length + pad) // self.downsample, width * self.downsample)
+        hidden = self.linear_1(stacked)
+        if self.linear_2 is not None:
+            hidden = self.linear_2(self.act(hidden))
+        return hidden, mask[:, :: self.downsample]
+
+
+class PalQFormerProjector(nn.Module):
+    """A BLIP-2 Q-Former: `num_queries` learned queries cross-attend to one window's tokens → summary tokens."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_queries: int, num_layers: int):
+        super().__init__()
+        num_heads = next(h for h in (8, 4, 2, 1) if in_dim % h == 0)
+        qformer_config = Blip2QFormerConfig(
+            hidden_size=in_dim,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=4 * in_dim,
+            cross_attention_frequency=1,
+            encoder_hidden_size=in_dim,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+        self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, in_dim))
+        self.qformer = Blip2QFormerModel(qformer_config)
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(N, T, C)`, `(N, T)` → `(N, num_queries, out_dim)`; windows without audio give invalid summaries."""
+        queries = self.query_tokens.expand(tokens.shape[0], -1, -1)
+        summary = self.qformer(
+            query_embeds=queries, encoder_hidden_states=tokens, encoder_attention_mask=mask.long()
+        ).last_hidden_state
+        window_valid = mask.any(-1, keepdim=True).expand(-1, queries.shape[1])
+        return self.linear(summary), window_valid
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# LAL attention: text queries over [audio keys ; text keys], one softmax, no RoPE on audio unless asked
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PalLalInputs:
+    """
+    What LAL layers need at prefill (or at every step without a cache).
+
+    Args:
+        audio_states: per LAL layer, the normalised audio `(batch, num_audio_columns, hidden)` fed to k/v projections.
+        audio_visible: `(batch, query_length, num_audio_columns)`, which text queries see which audio column.
+        audio_valid: `(batch, num_audio_columns)`, which columns hold audio (kept for decoding steps).
+        audio_position_embeddings: RoPE `(cos, sin)` of the audio columns when `lal_audio_rope` is on.
+    """
+
+    audio_states: dict[int, torch.Tensor]
+    audio_visible: torch.Tensor
+    audio_valid: torch.Tensor
+    audio_position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+class PalAudioKVStore:
+    """Audio keys/values of the LAL layers, attached to the generation cache and reused at every decoding step."""
+
+    def __init__(self):
+        self.key_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.valid: torch.Tensor | None = None
+
+    def map(self, fn) -> None:
+        """Applies a batch-dimension operation (beam reorder, expansion, selection) to every stored tensor."""
+        self.key_values = {layer: (fn(k), fn(v)) for layer, (k, v) in self.key_values.items()}
+        self.valid = fn(self.valid) if self.valid is not None else None
+
+    def clear(self) -> None:
+        self.key_values, self.valid = {}, None
+
+
+def audio_kv_store(cache: Cache) -> PalAudioKVStore:
+    """The audio store of `cache`, created on first use; the cache's batch operations then also apply to it."""
+    store = getattr(cache, "pal_audio_store", None)
+    if store is not None:
+        return store
+    store = PalAudioKVStore()
+    cache.pal_audio_store = store
+
+    def follow(method_name: str, fn) -> None:
+        original = getattr(cache, method_name)
+
+        def wrapped(arg=None):
+            result = original() if arg is None else original(arg)
+            store.map(lambda t: fn(t, arg)) if method_name != "reset" else store.clear()
+            return result
+
+        setattr(cache, method_name, wrapped)
+
+    follow("reorder_cache", lambda t, idx: t.index_select(0, idx.to(t.device)))
+    follow("batch_select_indices", lambda t, idx: t[idx.to(t.device)])
+    follow("batch_repeat_interleave", lambda t, repeats: t.repeat_interleave(repeats, dim=0))
+    follow("reset", None)
+    return store
+
+
+class PalLalAttentionMixin:
+    """
+    Turns a family's self-attention into a LAL layer: after the usual text q/k/v (with RoPE and cache update), audio
+    keys/values `k_proj(Z)`, `v_proj(Z)` (plus the family's key norm) are prepended on the key axis, where `Z` is the
+    layer's normalised audio projection. Audio has no query, no output row and never reaches the FFN.
+    """
+
+    def __init__(self, config, layer_idx: int, kv_source: str = "shared"):
+        super().__init__(config, layer_idx)
+        self.lal_kv_source = kv_source
+        if kv_source == "separate":
+            self.audio_k_proj = nn.Linear(*self.k_proj.weight.shape[::-1], bias=self.k_proj.bias is not None)
+            self.audio_v_proj = nn.Linear(*self.v_proj.weight.shape[::-1], bias=self.v_proj.bias is not None)
+
+    def family_attention_kwargs(self) -> dict:
+        return {}
+
+    def audio_key_values(self, inputs: PalLalInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio keys/values `(batch, kv_heads, num_audio_columns, head_dim)` of this layer."""
+        states = inputs.audio_states[self.layer_idx]
+        shape = (*states.shape[:-1], -1, self.head_dim)
+        k_proj, v_proj = (
+            (self.k_proj, self.v_proj)
+            if self.lal_kv_source == "shared"
+            else (
+                self.audio_k_proj,
+                self.audio_v_proj,
+            )
+        )
+        keys = k_proj(states).view(shape)
+        if hasattr(self, "k_norm"):
+            keys = self.k_norm(keys)
+        keys = keys.transpose(1, 2)
+        if inputs.audio_position_embeddings is not None:
+            cos, sin = inputs.audio_position_embeddings
+            keys = keys * cos.unsqueeze(1) + rotate_half(keys) * sin.unsqueeze(1)
+        return keys, v_proj(states).view(shape).transpose(1, 2)
+
+    def text_query_key_values(self, hidden_states, position_embeddings):
+        hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape)
+        key = self.k_proj(hidden_states).view(hidden_shape)
+        if hasattr(self, "q_norm"):
+            query, key = self.q_norm(query), self.k_norm(key)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query.transpose(1, 2), key.transpose(1, 2), cos, sin)
+        return query, key, value
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        pal_lal: PalLalInputs | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        store = audio_kv_store(cache) if cache is not None else None
+        if pal_lal is None and (store is None or self.layer_idx not in store.key_values):
+            return super().forward(hidden_states, position_embeddings, attention_mask, cache=cache, **kwargs)
+
+        query, key, value = self.text_query_key_values(hidden_states, position_embeddings)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
+
+        if pal_lal is not None:
+            audio_key, audio_value = self.audio_key_values(pal_lal)
+            audio_visible = pal_lal.audio_visible
+            if store is not None:
+                store.key_values[self.layer_idx] = (audio_key, audio_value)
+                store.valid = pal_lal.audio_valid
+        else:  # decoding step: every new query comes after all clips' markers
+            audio_key, audio_value = store.key_values[self.layer_idx]
+            audio_visible = store.valid[:, None, :].expand(-1, query.shape[2], -1)
+
+        attention_mask = extend_attention_mask(attention_mask, audio_visible, key.shape[2], query.dtype)
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            torch.cat([audio_key.to(key.dtype), key], dim=2),
+            torch.cat([audio_value.to(value.dtype), value], dim=2),
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **self.family_attention_kwargs(),
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*hidden_states.shape[:-1], -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+
+def extend_attention_mask(
+    text_mask: torch.Tensor | None, audio_visible: torch.Tensor, text_kv_length: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """
+    Prepends audio columns to the text mask, always returning an explicit 4-D mask (an implicit causal mask would make
+    SDPA drop keys). `text_mask`: `None`, bool `(B|1, 1, Q, K)` (True = attend) or additive float; `audio_visible`:
+    bool `(B, Q, Na)`. Returns the same kind as the text mask (bool when it was `None`), shape `(B, 1, Q, Na + K)`.
+    """
+    batch, query_length, _ = audio_visible.shape
+    if text_mask is None:
+        offset = text_kv_length - query_length
+        rows = torch.arange(query_length, device=audio_visible.device)[:, None] + offset
+        text_mask = (torch.arange(text_kv_length, device=audio_visible.device)[None, :] <= rows)[None, None]
+    text_mask = text_mask.expand(batch, 1, query_length, text_mask.shape[-1])
+    audio_visible = audio_visible[:, None]
+    if text_mask.dtype == torch.bool:
+        return torch.cat([audio_visible, text_mask], dim=-1)
+    audio_bias = torch.zeros(audio_visible.shape, dtype=text_mask.dtype, device=text_mask.device)
+    audio_bias = audio_bias.masked_fill(~audio_visible, torch.finfo(text_mask.dtype).min)
+    return torch.cat([audio_bias, text_mask], dim=-1)
+
+
+class PalLlamaAttention(PalLalAttentionMixin, LlamaAttention):
+    pass
+
+
+class PalMistralAttention(PalLalAttentionMixin, MistralAttention):
+    def family_attention_kwargs(self) -> dict:
+        return {"sliding_window": getattr(self.config, "sliding_window", None)}
+
+
+class PalQwen2Attention(PalLalAttentionMixin, Qwen2Attention):
+    def family_attention_kwargs(self) -> dict:
+        return {"sliding_window": self.sliding_window}
+
+
+class PalQwen3Attention(PalLalAttentionMixin, Qwen3Attention):
+    def family_attention_kwargs(self) -> dict:
+        return {"sliding_window": self.sliding_window}
+
+
+LAL_ATTENTION_CLASSES = {
+    "llama": PalLlamaAttention,
+    "mistral": PalMistralAttention,
+    "qwen2": PalQwen2Attention,
+    "qwen3": PalQwen3Attention,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class PalPreTrainedModel(PreTrainedModel):
+    config: PalConfig
+    base_model_prefix = "model"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = [
+        "LlamaDecoderLayer",
+        "MistralDecoderLayer",
+        "Qwen2DecoderLayer",
+        "Qwen3DecoderLayer",
+        "WhisperEncoderLayer",
+    ]
+    _skip_keys_device_placement = ["cache"]
+    _supports_sdpa = True
+    _supports_flash_attn = False  # audio columns need an explicit mask; FlashAttention is untested here
+    _supports_flex_attn = False
+    _can_compile_fullgraph = False  # the audio K/V store is a Python-side attribute of the cache
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also advertises `AutoModel` in `auto_map`, so remote-code users get both classes."""
+        self.config.auto_map = {
+            **(self.config.auto_map or {}),
+            "AutoConfig": "configuration_pal.PalConfig",
+            "AutoModel": "modeling_pal.PalModel",
+            "AutoModelForMultimodalLM": "modeling_pal.PalForConditionalGeneration",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _init_weights(self, module):
+        std = self.config.text_config.initializer_range
+        if isinstance(module, PalQFormerProjector):
+            nn.init.normal_(module.query_tokens, std=std)
+        super()._init_weights(module)
+
+
+def _gather_columns(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Packs each sample's valid entries to the left, in order: `values (B, L, ...)`, `valid (B, L)` →
+    `(B, max_valid, ...)` and the new validity `(B, max_valid)`.
+    """
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+    width = int(valid.sum(1).max().item()) if valid.numel() else 0
+    order = order[:, :width]
+    index = order.view(*order.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
+    return values.gather(1, index), valid.gather(1, order)
+
+
+class PalModel(PalPreTrainedModel):
+    """
+    The PAL base model: `audio_towers` (frozen encoders, one per slot), `plits_projectors` / `lal_projectors`
+    (the connectors) and `language_model` (the decoder LLM, whose LAL layers use PAL attention).
+    """
+
+    def __init__(self, config: PalConfig):
+        super().__init__(config)
+        text_config = config.text_config
+        for sub_config in (text_config, *config.audio_configs):
+            sub_config.dtype = sub_config.dtype or config.dtype
+        self.language_model = AutoModel.from_config(text_config)
+        self.audio_towers = nn.ModuleList([audio_encoder_adapter(cfg).build(cfg) for cfg in config.audio_configs])
+        self.audio_towers.requires_grad_(False)
+        self.plits_projectors = nn.ModuleDict()
+        self.lal_projectors = nn.ModuleDict()
+        for settings, audio_config in zip(config.audio_encoders, config.audio_configs):
+            width = audio_encoder_adapter(audio_config).width(audio_config)
+            if settings["integration"] in ("plits", "hybrid"):
+                self.plits_projectors[settings["name"]] = self._plits_projector(settings, width)
+            if settings["integration"] in ("lal", "hybrid"):
+                layers = config.lal_layers if config.lal_projector == "per_layer" else ["shared"]
+                self.lal_projectors[settings["name"]] = nn.ModuleDict(
+                    {str(layer): nn.Linear(width, text_config.hidden_size) for layer in layers}
+                )
+        self._install_lal_attention()
+        self.post_init()
+
+    def _plits_projector(self, settings: dict, width: int) -> nn.Module:
+        hidden = self.config.text_config.hidden_size
+        if settings["projector"] == "qformer":
+            return PalQFormerProjector(width, hidden, self.config.num_summary_tokens, self.config.qformer_num_layers)
+        return PalPlitsProjector(
+            width, hidden, settings["downsample"], settings["projector"], self.config.projector_hidden_act
+        )
+
+    def _install_lal_attention(self) -> None:
+        if not self.config.lal_layers:
+            return
+        model_type = self.config.text_config.model_type
+        if model_type not in LAL_ATTENTION_CLASSES:
+            raise ValueError(f"LAL supports LLMs of type {sorted(LAL_ATTENTION_CLASSES)}, got {model_type!r}")
+        for layer_idx in self.config.lal_layers:
+            self.language_model.layers[layer_idx].self_attn = LAL_ATTENTION_CLASSES[model_type](
+                self.config.text_config, layer_idx, kv_source=self.config.lal_kv_source
+            )
+
+    def train(self, mode: bool = True):
+        """Frozen encoders stay in eval mode (no dropout, SpecAugment or layerdrop) even while the model trains."""
+        super().train(mode)
+        for tower in self.audio_towers:
+            if not any(p.requires_grad for p in tower.parameters()):
+                tower.eval()
+        return self
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def _slot(self, encoder: int | str) -> int:
+        names = [settings["name"] for settings in self.config.audio_encoders]
+        if isinstance(encoder, str):
+            if encoder not in names:
+                raise ValueError(f"Unknown audio encoder {encoder!r}; this model has {names}")
+            return names.index(encoder)
+        if not 0 <= encoder < len(names):
+            raise ValueError(f"Audio slot {encoder} out of range; this model has {len(names)} encoders")
+        return encoder
+
+    def get_audio_features(
+        self,
+        audio_features: torch.Tensor,
+        audio_feature_mask: torch.Tensor | None = None,
+        audio_window_clip: torch.LongTensor | None = None,
+        encoder: int | str = 0,
+    ) -> PalAudioFeatures:
+        """
+        Runs one encoder over the windows of a batch, so its output can be reused for many questions.
+
+        Args:
+            audio_features: `(batch, num_windows, *feature_shape)`, the processor's `audio_features_{k}`.
+            audio_feature_mask: `(batch, num_windows, feature_length)`, the processor's `audio_feature_mask_{k}`.
+            audio_window_clip: `(batch, num_windows)`, clip index per window (-1 = padding window). Defaults to every
+                window belonging to clip 0.
+            encoder: slot index or encoder name.
+        """
+        slot = self._slot(encoder)
+        tower, settings = self.audio_towers[slot], self.config.audio_encoders[slot]
+        adapter = audio_encoder_adapter(self.config.audio_configs[slot])
+        batch, num_windows = audio_features.shape[:2]
+        if audio_window_clip is None:
+            audio_window_clip = torch.zeros(batch, num_windows, dtype=torch.long, device=audio_features.device)
+        present = audio_window_clip >= 0
+        flat_mask = audio_feature_mask[present] if audio_feature_mask is not None else None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
+            tokens, valid = adapter.encode(tower, audio_features[present], flat_mask, settings["layer"])
+        hidden = tokens.new_zeros(batch, num_windows, *tokens.shape[1:])
+        mask = valid.new_zeros(batch, num_windows, valid.shape[1])
+        hidden[present], mask[present] = tokens, valid
+        return PalAudioFeatures(last_hidden_state=hidden, audio_mask=mask, window_clip=audio_window_clip)
+
+    def encode_audio(self, **audio_inputs) -> dict[str, PalAudioFeatures]:
+        """Runs every encoder whose `audio_features_{k}` is given; returns `{encoder name: PalAudioFeatures}`."""
+        encoded = {}
+        for slot, settings in enumerate(self.config.audio_encoders):
+            features = audio_inputs.get(f"audio_features_{slot}")
+            if features is not None:
+                encoded[settings["name"]] = self.get_audio_features(
+                    features,
+                    audio_inputs.get(f"audio_feature_mask_{slot}"),
+                    audio_inputs.get(f"audio_window_clip_{slot}"),
+                    encoder=slot,
+                )
+        return encoded
+
+    def _resolve_audio(self, audio_inputs: dict, audio_embeds) -> dict[str, PalAudioFeatures]:
+        if audio_embeds is None:
+            return self.encode_audio(**audio_inputs)
+        if isinstance(audio_embeds, (list, tuple)):
+            names = [settings["name"] for settings in self.config.audio_encoders]
+            audio_embeds = dict(zip(names, audio_embeds))
+        for name in audio_embeds:
+            self._slot(name)
+        return {name: value for name, value in audio_embeds.items() if value is not None}
+
+    def _token_mask(self, input_ids, inputs_embeds, token_id: int | None) -> torch.Tensor:
+        if token_id is None:
+            return torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+        if input_ids is not None:
+            return input_ids == token_id
+        token_embed = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+        return (inputs_embeds == token_embed).all(-1)
+
+    def _plits_embeddings(self, audio: dict[str, PalAudioFeatures]) -> torch.Tensor | None:
+        """
+        All PLITS embeddings of the batch, ordered as the placeholders are: by sample, then clip, then encoder slot,
+        then window and time. Returns `(num_placeholders_in_batch, hidden)` or `None` without PLITS audio.
+        """
+        pieces, keys = [], []
+        for slot, settings in enumerate(self.config.audio_encoders):
+            if settings["name"] not in audio or settings["name"] not in self.plits_projectors:
+                continue
+            features = audio[settings["name"]]
+            batch, num_windows, length, width = features.last_hidden_state.shape
+            embeds, valid = self.plits_projectors[settings["name"]](
+                features.last_hidden_state.reshape(-1, length, width), features.audio_mask.reshape(-1, length)
+            )
+            valid = valid & (features.window_clip.reshape(-1, 1) >= 0)
+            sample = torch.arange(batch, device=valid.device).repeat_interleave(num_windows)
+            key = (sample * MAX_CLIPS_PER_SAMPLE + features.window_clip.reshape(-1)) * MAX_SLOTS + slot
+            pieces.append(embeds[valid])
+            keys.append(key[:, None].expand_as(valid)[valid])
+        if not pieces:
+            return None
+        embeds, keys = torch.cat(pieces), torch.cat(keys)
+        return embeds[torch.argsort(keys, stable=True)]
+
+    def _scatter_plits(self, inputs_embeds, placeholder_mask, plits_embeds) -> torch.Tensor:
+        num_placeholders, num_embeds = int(placeholder_mask.sum()), 0 if plits_embeds is None else len(plits_embeds)
+        if num_placeholders != num_embeds:
+            raise ValueError(
+                f"Audio features and audio placeholders do not match: {num_placeholders} placeholder tokens in the "
+                f"text but the audio gives {num_embeds} PLITS embeddings"
+            )
+        if num_embeds == 0:
+            return inputs_embeds
+        mask = placeholder_mask[..., None].expand_as(inputs_embeds)
+        return inputs_embeds.masked_scatter(mask, plits_embeds.to(inputs_embeds.dtype))
+
+    def _lal_columns(self, audio: dict[str, PalAudioFeatures]):
+        """Per LAL encoder: its tokens packed per sample `(B, Na_k, C_k)`, validity and clip index per column."""
+        columns = []
+        for settings in self.config.audio_encoders:
+            if settings["name"] not in audio or settings["name"] not in self.lal_projectors:
+                continue
+            features = audio[settings["name"]]
+            batch, num_windows, length, width = features.last_hidden_state.shape
+            clip = features.window_clip[..., None].expand(-1, -1, length).reshape(batch, -1)
+            valid = features.audio_mask.reshape(batch, -1) & (clip >= 0)
+            tokens, packed_valid = _gather_columns(features.last_hidden_state.reshape(batch, -1, width), valid)
+            packed_clip, _ = _gather_columns(clip, valid)
+            columns.append((settings["name"], tokens, packed_valid, packed_clip))
+        return columns
+
+    def _lal_inputs(self, audio, input_ids, inputs_embeds) -> PalLalInputs | None:
+        columns = self._lal_columns(audio)
+        if not columns:
+            return None
+        valid = torch.cat([column[2] for column in columns], dim=1)
+        clip = torch.cat([column[3] for column in columns], dim=1)
+        states = {}
+        for layer_idx in self.config.lal_layers:
+            key = str(layer_idx) if self.config.lal_projector == "per_layer" else "shared"
+            projected = torch.cat([self.lal_projectors[name][key](tokens) for name, tokens, _, _ in columns], dim=1)
+            states[layer_idx] = self.language_model.layers[layer_idx].input_layernorm(projected)
+        visible = self._audio_visibility(input_ids, inputs_embeds, valid, clip)
+        rope = None
+        if self.config.lal_audio_rope:
+            positions = torch.arange(valid.shape[1], device=valid.device)[None] - valid.shape[1]
+            rope = self.language_model.rotary_emb(states[self.config.lal_layers[0]], positions)
+        return PalLalInputs(states, visible, valid, rope)
+
+    def _audio_visibility(self, input_ids, inputs_embeds, valid, clip) -> torch.Tensor:
+        """`(B, Q, Na)`: under "causal" visibility a query sees a clip from that clip's marker token on."""
+        batch, query_length = inputs_embeds.shape[:2]
+        visible = valid[:, None, :].expand(batch, query_length, -1)
+        if self.config.lal_audio_visibility == "all":
+            return visible
+        markers = self._token_mask(input_ids, inputs_embeds, self.config.audio_token_id)
+        num_clips = torch.where(valid, clip + 1, 0).amax(dim=1) if valid.numel() else valid.new_zeros(batch).long()
+        num_markers = markers.sum(1)
+        if (num_markers < num_clips).any():
+            sample = int((num_markers < num_clips).nonzero()[0])
+            raise ValueError(
+                f"Sample {sample} has {int(num_clips[sample])} audio clips but {int(num_markers[sample])} "
+                f"{self.config.audio_token} marker tokens; write one audio token per clip"
+            )
+        # marker_rank[b, q] = how many markers are at or before position q = the clips position q may see
+        marker_rank = markers.long().cumsum(dim=1)
+        return visible & (clip[:, None, :] < marker_rank[:, :, None])
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        audio_embeds: dict | list | None = None,
+        **kwargs,
+    ) -> PalModelOutputWithPast:
+        """
+        Args:
+            input_ids: `(batch, seq_len)` text with PLITS placeholders and one audio marker per LAL clip.
+            audio_embeds: precomputed `PalAudioFeatures` by encoder name (or a list by slot) from
+                `get_audio_features`, used instead of `audio_features_{k}`.
+            kwargs: `audio_features_{k}`, `audio_feature_mask_{k}`, `audio_window_clip_{k}` for slots k = 0…3, and
+                the usual Transformers kwargs (`output_attentions`, …).
+        """
+        audio_inputs = {name: kwargs.pop(name) for name in list(kwargs) if name.startswith(AUDIO_INPUT_PREFIXES)}
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        audio = self._resolve_audio(audio_inputs, audio_embeds)
+
+        placeholder_mask = self._token_mask(input_ids, inputs_embeds, self.config.audio_placeholder_token_id)
+        plits_embeds = self._plits_embeddings(audio)
+        decoding = cache is not None and cache.get_seq_length() > 0
+        if plits_embeds is not None or (placeholder_mask.any() and not decoding):
+            inputs_embeds = self._scatter_plits(inputs_embeds, placeholder_mask, plits_embeds)
+        lal_inputs = self._lal_inputs(audio, input_ids, inputs_embeds) if audio else None
+        if lal_inputs is not None:
+            kwargs["pal_lal"] = lal_inputs
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return PalModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_hidden_states=plits_embeds,
+        )
+
+
+class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
+    """PAL with a language-modelling head: `model` (a `PalModel`) and `lm_head`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: PalConfig):
+        super().__init__(config)
+        self.model = PalModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+        self._suppress_audio_tokens()
+
+    def _suppress_audio_tokens(self) -> None:
+        """PAL's special tokens are never generated."""
+        special = {config_id for config_id in (self.config.audio_token_id, self.config.audio_placeholder_token_id)}
+        special.discard(None)
+        if self.generation_config is not None and special:
+            suppressed = set(self.generation_config.suppress_tokens or []) | special
+            self.generation_config.suppress_tokens = sorted(suppressed)
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def get_audio_features(self, *args, **kwargs) -> PalAudioFeatures:
+        """See `PalModel.get_audio_features`."""
+        return self.model.get_audio_features(*args, **kwargs)
+
+    def encode_audio(self, **audio_inputs) -> dict[str, PalAudioFeatures]:
+        """See `PalModel.encode_audio`."""
+        return self.model.encode_audio(**audio_inputs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        audio_features_0: torch.FloatTensor | None = None,
+        audio_feature_mask_0: torch.LongTensor | None = None,
+        audio_window_clip_0: torch.LongTensor | None = None,
+        audio_features_1: torch.FloatTensor | None = None,
+        audio_feature_mask_1: torch.LongTensor | None = None,
+        audio_window_clip_1: torch.LongTensor | None = None,
+        audio_features_2: torch.FloatTensor | None = None,
+        audio_feature_mask_2: torch.LongTensor | None = None,
+        audio_window_clip_2: torch.LongTensor | None = None,
+        audio_features_3: torch.FloatTensor | None = None,
+        audio_feature_mask_3: torch.LongTensor | None = None,
+        audio_window_clip_3: torch.LongTensor | None = None,
+        audio_embeds: dict | list | None = None,
+        **kwargs,
+    ) -> PalCausalLMOutputWithPast:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`):
+                Text tokens with PLITS placeholders and one audio marker per clip for LAL (from `PalProcessor`).
+            audio_features_{k} (`torch.FloatTensor` of shape `(batch, num_windows, *feature_shape)`):
+                Encoder k's input per window (mel features, or waveforms for waveform encoders), text batch first.
+            audio_feature_mask_{k} (`torch.LongTensor` of shape `(batch, num_windows, feature_length)`):
+                Which feature frames are real audio, for encoders that have such a mask.
+            audio_window_clip_{k} (`torch.LongTensor` of shape `(batch, num_windows)`):
+                Clip index of each window within its sample, -1 for padding windows.
+            audio_embeds (`dict[str, PalAudioFeatures]` or list by slot, *optional*):
+                Precomputed encoder outputs from `get_audio_features`, instead of the features.
+            labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
+                Next-token labels (-100 = ignored); shifted inside the loss.
+            logits_to_keep (`int` or `torch.Tensor`, *optional*):
+                Compute logits only for the last `logits_to_keep` positions (or these indices).
+        """
+        audio_inputs = {
+            f"{prefix}{k}": value
+            for k, values in enumerate(
+                (
+                    (audio_features_0, audio_feature_mask_0, audio_window_clip_0),
+                    (audio_features_1, audio_feature_mask_1, audio_window_clip_1),
+                    (audio_features_2, audio_feature_mask_2, audio_window_clip_2),
+                    (audio_features_3, audio_feature_mask_3, audio_window_clip_3),
+                )
+            )
+            for prefix, value in zip(AUDIO_INPUT_PREFIXES, values)
+            if value is not None
+        }
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            audio_embeds=audio_embeds,
+            **audio_inputs,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return PalCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_hidden_states=outputs.audio_hidden_states,
+        )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        """Audio inputs reach `forward` only at prefill (every step when `use_cache=False`): the LAL K/V are cached."""
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for name in AUDIO_INPUT_NAMES:
+                model_inputs.pop(name, None)
+        return model_inputs
+
+    @classmethod
+    def from_components(
+        cls,
+        text_model: str,
+        audio_encoders: dict[str, str],
+        integration: str | dict[str, str] = "pal",
+        audio_encoder_settings: dict[str, dict] | None = None,
+        dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        device_map: str | dict | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        output_loading_info: bool = False,
+        **config_overrides,
+    ):
+        """
+        Composes a PAL model from a pretrained LLM and pretrained audio encoders (local paths or Hub ids).
+
+        Args:
+            text_model: a `llama`, `qwen2`, `qwen3` or `mistral` causal-LM checkpoint (with its tokenizer).
+            audio_encoders: `{name: checkpoint}` in slot order (at most four), e.g. a full Whisper checkpoint.
+            integration: `"plits"`, `"lal"`, `"hybrid"`, `"pal"` (Whisper-family → PLITS, others → LAL) or a
+                per-encoder dict.
+            audio_encoder_settings: per encoder name: `integration`, `projector`, `downsample`, `layer`, and the
+                loading options `dtype`, `attn_implementation`, `device_map`, `revision` for that encoder.
+            dtype, attn_implementation, revision, trust_remote_code: passed to every component's `from_pretrained`
+                (an encoder's own settings win); `device_map` places the composed model.
+            output_loading_info: also return `{"new_modules": [...], "added_tokens": [...]}`.
+            config_overrides: any `PalConfig` field, e.g. `lal_start_layer=4` or `lal_layers=[...]`.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not 1 <= len(audio_encoders) <= MAX_SLOTS:
+            raise ValueError(f"PAL takes 1 to {MAX_SLOTS} audio encoders, got {len(audio_encoders)}")
+        shared = {"revision": revision, "trust_remote_code": trust_remote_code}
+        loading = {**shared, "dtype": dtype, "attn_implementation": attn_implementation}
+        tokenizer = AutoTokenizer.from_pretrained(text_model, **shared)
+        llm = AutoModelForCausalLM.from_pretrained(text_model, **loading)
+        settings = audio_encoder_settings or {}
+        encoders = {
+            name: load_audio_encoder(path, **{**loading, **_loading_options(settings.get(name, {}))})
+            for name, path in audio_encoders.items()
+        }
+        integrations = resolve_integrations(
+            integration, {name: enc.config.model_type for name, enc in encoders.items()}
+        )
+        added_tokens = reserve_audio_tokens(tokenizer, config_overrides)
+        config = PalConfig(
+            text_config=llm.config,
+            **{f"audio_config_{k}": encoder.config for k, encoder in enumerate(encoders.values())},
+            audio_encoders=[
+                {"name": name, "integration": integrations[name], **_architecture_options(settings.get(name, {}))}
+                for name in encoders
+            ],
+            **config_overrides,
+        )
+        model = cls(config).to(llm.dtype)
+        new_modules = model._load_components(llm, list(encoders.values()), len(tokenizer))
+        model.generation_config = copy_generation_config(llm, model.config)
+        if attn_implementation is not None:
+            model.set_attn_implementation(_attention_per_submodel(model, attn_implementation))
+        logger.warning(
+            f"PAL composed from {text_model}; newly initialised modules: {', '.join(new_modules) or 'none'}"
+        )
+        if device_map is not None:
+            model = _place_model(model, device_map)
+        if output_loading_info:
+            return model, {"new_modules": new_modules, "added_tokens": added_tokens}
+        return model
+
+    def _load_components(self, llm: PreTrainedModel, encoders: list[nn.Module], vocab_size: int) -> list[str]:
+        """Copies the pretrained weights in; returns the names of the modules that stay newly initialised."""
+        result = self.model.language_model.load_state_dict(llm.get_decoder().state_dict(), strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"Unexpected LLM weights: {result.unexpected_keys}")
+        if not self.config.tie_word_embeddings:
+            self.lm_head.load_state_dict(llm.get_output_embeddings().state_dict())
+        for tower, encoder in zip(self.model.audio_towers, encoders):
+            tower.load_state_dict(encoder.state_dict())
+        for layer_idx in self.config.lal_layers if self.config.lal_kv_source == "separate" else []:
+            attention = self.model.language_model.layers[layer_idx].self_attn
+            attention.audio_k_proj.load_state_dict(attention.k_proj.state_dict())
+            attention.audio_v_proj.load_state_dict(attention.v_proj.state_dict())
+        if vocab_size != self.config.text_config.vocab_size:
+            self.resize_token_embeddings(vocab_size)
+        self.tie_weights()
+        return [f"model.plits_projectors.{name}" for name in self.model.plits_projectors] + [
+            f"model.lal_projectors.{name}" for name in self.model.lal_projectors
+        ]
+
+
+def _loading_options(settings: dict) -> dict:
+    return {
+        key: settings[key] for key in ("dtype", "attn_implementation", "device_map", "revision") if key in settings
+    }
+
+
+def _architecture_options(settings: dict) -> dict:
+    return {key: settings[key] for key in ("integration", "projector", "downsample", "layer") if key in settings}
+
+
+def load_audio_encoder(path: str, attn_implementation: str | None = None, **kwargs) -> nn.Module:
+    """Loads the encoder part of a full encoder checkpoint (e.g. `WhisperForConditionalGeneration`)."""
+    config = AutoConfig.from_pretrained(
+        path, revision=kwargs.get("revision"), trust_remote_code=kwargs.get("trust_remote_code", False)
+    )
+    audio_encoder_adapter(config)  # raises for unknown types
+    if config.model_type == "whisper":
+        model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
+        return model.get_encoder()
+    raise ValueError(f"No loader for audio encoder type {config.model_type!r}")
+
+
+def resolve_integrations(integration: str | dict[str, str], model_types: dict[str, str]) -> dict[str, str]:
+    """Integration per encoder name; `"pal"` routes Whisper-family encoders to PLITS and the others to LAL."""
+    if isinstance(integration, dict):
+        missing = set(model_types) - set(integration)
+        if missing:
+            raise ValueError(f"integration dict has no entry for encoders {sorted(missing)}")
+        return {name: integration[name] for name in model_types}
+    if integration == "pal":
+        if len(model_types) == 1:
+            raise ValueError(
+                'integration="pal" routes several encoders; for a single encoder use integration="hybrid"'
+            )
+        return {name: "plits" if model_type == "whisper" else "lal" for name, model_type in model_types.items()}
+    if integration not in ("plits", "lal", "hybrid"):
+        raise ValueError(f'integration must be "plits", "lal", "pal", "hybrid" or a dict, got {integration!r}')
+    return dict.fromkeys(model_types, integration)
+
+
+def reserve_audio_tokens(tokenizer, config_overrides: dict) -> list[str]:
+    """
+    Picks PAL's audio token and placeholder token: two reserved special tokens where the vocabulary has them
+    (Llama-3's `<|reserved_special_token_N|>`, the last two), else new special tokens added to the tokenizer.
+    Writes strings and ids into `config_overrides`; returns the tokens that had to be added.
+    """
+    reserved = sorted(
+        (token for token in tokenizer.get_vocab() if token.startswith("<|reserved_special_token_")),
+        key=lambda token: int("".join(ch for ch in token if ch.isdigit()) or 0),
+    )
+    if len(reserved) >= 2:
+        audio_token, placeholder_token = reserved[-2], reserved[-1]
+    else:
+        audio_token, placeholder_token = PalConfig.audio_token, PalConfig.audio_placeholder_token
+    audio_token = config_overrides.setdefault("audio_token", audio_token)
+    placeholder_token = config_overrides.setdefault("audio_placeholder_token", placeholder_token)
+    added = [token for token in (audio_token, placeholder_token) if token not in tokenizer.get_vocab()]
+    tokenizer.add_special_tokens({"additional_special_tokens": added}, replace_extra_special_tokens=False)
+    config_overrides["audio_token_id"] = tokenizer.convert_tokens_to_ids(audio_token)
+    config_overrides["audio_placeholder_token_id"] = tokenizer.convert_tokens_to_ids(placeholder_token)
+    return added
+
+
+def copy_generation_config(llm: PreTrainedModel, config: PalConfig):
+    """The LLM's own generation config (stop tokens included) with PAL's special tokens suppressed."""
+    generation_config = llm.generation_config.__class__.from_dict(llm.generation_config.to_dict())
+    suppressed = set(generation_config.suppress_tokens or []) | {
+        config.audio_token_id,
+        config.audio_placeholder_token_id,
+    }
+    generation_config.suppress_tokens = sorted(suppressed)
+    return generation_config
+
+
+def _attention_per_submodel(model: PalForConditionalGeneration, attn_implementation: str) -> dict[str, str]:
+    """A string implementation applies to the LLM; each encoder gets it where it supports it, else eager."""
+    choice = {"": attn_implementation, "text_config": attn_implementation}
+    for k, tower in enumerate(model.model.audio_towers):
+        supported = {"sdpa": tower._supports_sdpa, "eager": True}.get(attn_implementation, False)
+        choice[f"audio_config_{k}"] = attn_implementation if supported else "eager"
+    return choice
+
+
+def _place_model(model: nn.Module, device_map: str | dict | torch.device) -> nn.Module:
+    if isinstance(device_map, (str, torch.device)) and device_map != "auto":
+        return model.to(device_map)
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if device_map == "auto":
+        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
+    return dispatch_model(model, device_map=device_map)
+
+
+PalConfig.register_for_auto_class()
+PalModel.register_for_auto_class("AutoModel")
+PalForConditionalGeneration.register_for_auto_class("AutoModelForMultimodalLM")
+
+__all__ = ["PalPreTrainedModel", "PalModel", "PalForConditionalGeneration", "PalAudioFeatures"]
