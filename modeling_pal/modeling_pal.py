@@ -1,6 +1,5 @@
 """PAL: frozen audio encoders feeding a decoder LLM through PLITS placeholders and/or LAL extra keys/values."""
 
-
 from dataclasses import dataclass
 
 import torch
@@ -412,7 +411,7 @@ class PalPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Also advertises `AutoModel` in `auto_map`, so remote-code users get both classes."""
         self.config.auto_map = {
-            **(self.config.auto_map or {}),
+            **(getattr(self.config, "auto_map", None) or {}),
             "AutoConfig": "configuration_pal.PalConfig",
             "AutoModel": "modeling_pal.PalModel",
             "AutoModelForMultimodalLM": "modeling_pal.PalForConditionalGeneration",
