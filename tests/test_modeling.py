@@ -128,7 +128,7 @@ def test_generation_cache_beams_and_static(family, integration, pal_model, extra
 
 
 @pytest.mark.parametrize("integration", INTEGRATIONS)
-def test_encoder_runs_once_and_nothing_survives_between_calls(integration, pal_model, extractor, tiny_llm_dir):
+def test_encoder_runs_once_and_nothing_survives_between_calls(integration, pal_model, extractor, tmp_path):
     model = pal_model("llama", integration)
     calls = []
     hook = model.model.audio_towers[0].register_forward_hook(lambda *_: calls.append(1))
@@ -137,19 +137,10 @@ def test_encoder_runs_once_and_nothing_survives_between_calls(integration, pal_m
     outputs = [greedy(model, first), greedy(model, second)]
     hook.remove()
     assert len(calls) == 2
+    model.save_pretrained(tmp_path)
     for inputs, output in zip((first, second), outputs):
-        fresh = type(model).from_pretrained(save_and_path(model, tiny_llm_dir)).eval()
+        fresh = type(model).from_pretrained(tmp_path).eval()
         assert torch.equal(greedy(fresh, inputs), output)
-
-
-def save_and_path(model, tiny_llm_dir, cache={}):
-    key = id(model)
-    if key not in cache:
-        import tempfile
-
-        cache[key] = tempfile.mkdtemp()
-        model.save_pretrained(cache[key])
-    return cache[key]
 
 
 @pytest.mark.parametrize("family,integration", CASES)

@@ -79,10 +79,10 @@ def _chirp(params: dict, num_samples: int, rng: np.random.Generator) -> np.ndarr
 
 
 def _noise(params: dict, num_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Noise with a 1/f^`exponent` power spectrum: 0 white, 1 pink, 2 brown."""
+    """Noise with a 1/f^`exponent` power spectrum (0 white, 1 pink, 2 brown), flat below 50 Hz and without DC."""
     spectrum = np.fft.rfft(rng.standard_normal(num_samples))
-    frequencies = np.fft.rfftfreq(num_samples, 1 / SAMPLING_RATE)
-    frequencies[0] = np.inf  # no DC
+    frequencies = np.maximum(np.fft.rfftfreq(num_samples, 1 / SAMPLING_RATE), 50.0)
+    spectrum[0] = 0.0
     return np.fft.irfft(spectrum / frequencies ** (params["exponent"] / 2), num_samples)
 
 
