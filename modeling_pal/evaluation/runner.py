@@ -1,0 +1,121 @@
+"""Batched greedy evaluation of a PAL model on rows of PAL's schema: per-task metrics, chance levels, MMAU export."""
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .answers import normalize_text, parse_choice
+
+CHOICE_TASKS = ("classification", "speech_detection", "language_id", "temporal_order", "counting")
+CAPTION_TASKS = ("captioning", "open_qa")
+ASR_TASKS = ("transcription",)
+
+
+def prompt_messages(row: dict, audio_key: str = "audio") -> list[dict]:
+    """
+    The row's chat up to (not including) its last assistant turn, with audio items that carry no value filled with
+    the row's own audio (`{"array", "sampling_rate"}`), as `PalProcessor.apply_chat_template` takes it.
+    """
+    messages = row["messages"]
+    last_assistant = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    clips = row.get(audio_key)
+    clips = list(clips) if isinstance(clips, (list, tuple)) else [clips]
+    prompt = []
+    for message in messages[:last_assistant]:
+        content = message["content"]
+        if isinstance(content, str):
+            prompt.append({"role": message["role"], "content": content})
+            continue
+        items = []
+        for item in content:
+            if item["type"] == "audio":
+                value = next((item[key] for key in ("audio", "path", "url") if item.get(key) is not None), None)
+                items.append({"type": "audio", "audio": _as_array(value if value is not None else clips.pop(0))})
+            else:
+                items.append({"type": "text", "text": item["text"]})
+        prompt.append({"role": message["role"], "content": items})
+    return prompt
+
+
+def _as_array(value) -> np.ndarray:
+    """Decoded audio as a float32 array at 16 kHz (PAL-Synth's rate; other rates are resampled)."""
+    from ..processing_pal import load_audio, resample
+
+    samples, rate = load_audio(value, sampling_rate=16000)
+    return resample(samples, rate, 16000)
+
+
+@torch.no_grad()
+def generate_answers(model, processor, rows, batch_size: int = 16, max_new_tokens: int = 32) -> list[str]:
+    """Greedy answers for `rows` (a `datasets.Dataset` or list of dicts), batched, with a progress bar."""
+    answers = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="evaluating", unit="batch"):
+        batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        inputs = processor.apply_chat_template(
+            [prompt_messages(row) for row in batch],
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            add_generation_prompt=True,
+        ).to(model.device)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        answers.extend(processor.batch_decode(new_tokens, skip_special_tokens=True))
+    return answers
+
+
+def score_predictions(rows, predictions: list[str]) -> dict[str, dict]:
+    """
+    Per-task metrics: accuracy (answer parsed from the generated text among the row's choices) and its chance level
+    for closed tasks, WER/CER for transcription, BLEU / CIDEr-D / ROUGE-L / METEOR for captions and open QA.
+    """
+    from . import load_metric
+
+    by_task: dict[str, list[int]] = {}
+    for index in range(len(rows)):
+        by_task.setdefault(rows[index]["task"], []).append(index)
+    results = {}
+    for task, indices in sorted(by_task.items()):
+        task_rows = [rows[i] for i in indices]
+        task_predictions = [predictions[i] for i in indices]
+        if task in ASR_TASKS:
+            references = [row["transcript"] or row["answer"] for row in task_rows]
+            metrics = {
+                **load_metric("wer").compute(predictions=task_predictions, references=references),
+                **load_metric("cer").compute(predictions=task_predictions, references=references),
+            }
+        elif task in CAPTION_TASKS:
+            references = [[row["answer"]] for row in task_rows]
+            metrics = load_metric("caption_metrics").compute(predictions=task_predictions, references=references)
+        else:
+            metrics = _choice_metrics(task_rows, task_predictions)
+        results[task] = {"count": len(indices), **metrics}
+    return results
+
+
+def _choice_metrics(rows: list[dict], predictions: list[str]) -> dict:
+    from . import load_metric
+
+    parsed, references = [], []
+    for row, prediction in zip(rows, predictions):
+        choices = list(row["choices"] or [])
+        answer = parse_choice(prediction, choices) if choices else prediction
+        parsed.append(normalize_text(answer or ""))
+        references.append(normalize_text(row["answer"]))
+    chance = float(np.mean([1.0 / len(row["choices"]) if row["choices"] else 0.0 for row in rows]))
+    accuracy = load_metric("accuracy").compute(predictions=parsed, references=references)["accuracy"]
+    return {"accuracy": accuracy, "chance": chance, "unparsed": sum(not p for p in parsed)}
+
+
+def markdown_table(results: dict[str, dict], title: str = "") -> str:
+    """A Markdown table: one row per task with its count, main metrics and (closed tasks) the chance level."""
+    lines = [f"**{title}**", ""] if title else []
+    lines += ["| task | n | metric | value | chance |", "|---|---:|---|---:|---:|"]
+    for task, metrics in results.items():
+        for name, value in metrics.items():
+            if name in ("count", "chance", "unparsed"):
+                continue
+            shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+            chance = f"{metrics['chance']:.3f}" if name == "accuracy" else ""
+            lines.append(f"| {task} | {metrics['count']} | {name} | {shown} | {chance} |")
+    return "\n".join(lines)
