@@ -1,0 +1,156 @@
+"""Publishing PAL checkpoints: the repository exactly as uploaded (safetensors, remote code, processor, model card)."""
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+RECIPE_FILE = "pal_recipe.yaml"
+EVAL_FILE = "pal_eval.json"
+TEXT_MODEL_KEY = "llm"
+
+CARD_TEMPLATE = """
+# {repo_name}
+
+A [PAL](https://arxiv.org/abs/2506.10423) audio-LLM built with
+[`modeling_pal`](https://github.com/) on Transformers: frozen audio encoders feed a decoder LLM through PLITS
+(placeholder tokens) and/or LAL (extra keys/values of self-attention in selected layers).
+
+## Configuration
+
+| encoder | base model | integration | projector | downsample |
+|---|---|---|---|---|
+{encoder_rows}
+
+- LLM: `{text_model}` ({num_layers} layers); LAL layers: {lal_layers}
+- LAL audio visibility: `{visibility}`; audio K/V source: `{kv_source}`; audio RoPE: `{audio_rope}`
+
+## Usage
+
+```python
+from transformers import AutoModelForMultimodalLM, AutoProcessor, pipeline
+
+model = AutoModelForMultimodalLM.from_pretrained("{repo_id}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+pipe = pipeline("audio-text-to-text", model="{repo_id}", trust_remote_code=True)
+pipe(text=[{{"role": "user", "content": [{{"type": "audio", "path": "clip.wav"}},
+                                         {{"type": "text", "text": "What do you hear?"}}]}}],
+     max_new_tokens=32, return_full_text=False)
+```
+
+With `pip install modeling_pal`, `import modeling_pal` registers the classes and `trust_remote_code` is not needed.
+`trust_remote_code=True` runs the `configuration_pal.py`, `modeling_pal.py`, `processing_pal.py` and
+`pipeline_pal.py` files of this repository.
+{recipe_section}{eval_section}"""
+
+
+def base_models(config, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """
+    The checkpoint each component was composed from, `{"llm": ..., encoder name: ...}`: the sub-configs remember
+    the path or Hub id given to `from_components`; `overrides` replace them (e.g. when they were local paths).
+    """
+    found = {TEXT_MODEL_KEY: getattr(config.text_config, "_name_or_path", "")}
+    for settings, audio_config in zip(config.audio_encoders, config.audio_configs):
+        found[settings["name"]] = getattr(audio_config, "_name_or_path", "")
+    found.update(overrides or {})
+    return found
+
+
+def _is_hub_id(name: str) -> bool:
+    return bool(name) and not os.path.isabs(name) and name.count("/") == 1 and not Path(name).exists()
+
+
+def build_model_card(config, repo_id: str, models: dict[str, str], recipe: dict | None, evaluation: dict | None):
+    """A `ModelCard` whose metadata names every Hub base model, with a config summary, recipe and results."""
+    hub_ids = sorted({name for name in models.values() if _is_hub_id(name)})
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="audio-text-to-text",
+        base_model=hub_ids or None,
+        tags=["pal", "audio-text-to-text", "audio-llm", "modeling_pal"],
+        license="apache-2.0",
+    )
+    encoder_rows = "\n".join(
+        f"| {s['name']} | `{models.get(s['name'], '')}` | {s['integration']} | {s['projector']} | {s['downsample']} |"
+        for s in config.audio_encoders
+    )
+    content = CARD_TEMPLATE.format(
+        repo_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        encoder_rows=encoder_rows,
+        text_model=models.get(TEXT_MODEL_KEY, ""),
+        num_layers=config.text_config.num_hidden_layers,
+        lal_layers=config.lal_layers or "none",
+        visibility=config.lal_audio_visibility,
+        kv_source=config.lal_kv_source,
+        audio_rope=config.lal_audio_rope,
+        recipe_section=f"\n## Training recipe\n\n```yaml\n{yaml.safe_dump(recipe, sort_keys=False)}```\n"
+        if recipe
+        else "",
+        eval_section=f"\n## Evaluation\n\n{evaluation_table(evaluation)}\n" if evaluation else "",
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{content}")
+
+
+def evaluation_table(evaluation: dict) -> str:
+    """A Markdown table from an `examples/evaluate_pal.py` report (or a dict of such reports by split)."""
+    reports = {evaluation.get("split", "test"): evaluation} if "metrics" in evaluation else evaluation
+    lines = ["| split | task | metric | value |", "|---|---|---|---:|"]
+    for split, report in reports.items():
+        for task, metrics in report["metrics"].items():
+            for name, value in metrics.items():
+                if name != "count" and isinstance(value, (int, float)):
+                    lines.append(f"| {split} | {task} | {name} | {value:.3f} |")
+    return "\n".join(lines)
+
+
+def write_repository(model, processor, out_dir: str | Path, repo_id: str, base_model_overrides=None, source_dir=None):
+    """
+    Writes the repository exactly as it would be uploaded: safetensors weights (sharded when large), config with
+    `auto_map`, the remote-code files, processor and tokenizer files, generation config and `README.md`.
+    The training recipe (`pal_recipe.yaml`) and evaluation report (`pal_eval.json`) of `source_dir` are included
+    when present. Raises if anything pickled ended up in the folder.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, max_shard_size="2GB")
+    processor.save_pretrained(out_dir)
+    source = Path(source_dir) if source_dir else None
+    recipe = _read(source, RECIPE_FILE, yaml.safe_load)
+    evaluation = _read(source, EVAL_FILE, json.loads)
+    for name, content in ((RECIPE_FILE, recipe), (EVAL_FILE, evaluation)):
+        if content is not None:
+            (out_dir / name).write_text((source / name).read_text())
+    models = base_models(model.config, base_model_overrides)
+    build_model_card(model.config, repo_id, models, recipe, evaluation).save(out_dir / "README.md")
+    pickles = [p.name for p in out_dir.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise RuntimeError(f"Refusing to publish pickled files: {pickles}")
+    return out_dir
+
+
+def _read(directory: Path | None, name: str, parse):
+    if directory is None or not (directory / name).is_file():
+        return None
+    return parse((directory / name).read_text())
+
+
+def upload_repository(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Creates the Hub repository (if needed) and uploads `folder`; raises a clear error naming what is missing."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise RuntimeError("HF_HUB_OFFLINE=1 is set: unset it to upload, or use --dry-run DIR to write the folder")
+    api = HfApi(token=token)
+    try:
+        api.whoami()
+    except Exception as error:
+        raise RuntimeError(
+            "Cannot reach the Hugging Face Hub with a valid token: log in with `hf auth login`, set HF_TOKEN, or "
+            f"pass --token; check the network ({type(error).__name__}: {error})"
+        ) from error
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, commit_message="Upload PAL checkpoint"
+    ).commit_url

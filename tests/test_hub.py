@@ -1,0 +1,111 @@
+"""The Hub path, tested for real offline: a dry-run repository placed in a Hub cache and loaded by repo id."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from modeling_pal import PalProcessor
+from modeling_pal.hub import PICKLE_SUFFIXES, write_repository
+
+REPO_ID = "org/pal"
+BASE_MODELS = {"llm": "meta-llama/Llama-3.2-1B-Instruct", "whisper": "openai/whisper-large-v3"}
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+LOAD_BY_REPO_ID = textwrap.dedent(
+    """
+    import importlib.abc, json, sys, torch
+    remote = sys.argv[2] == "remote"
+    if remote:
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "modeling_pal" or name.startswith("modeling_pal."):
+                    raise ImportError("modeling_pal is blocked in this process")
+        sys.meta_path.insert(0, Block())
+    else:
+        import modeling_pal
+    from transformers import AutoModel, AutoModelForMultimodalLM, AutoProcessor, pipeline
+    kwargs = {"trust_remote_code": True} if remote else {}
+    inputs = torch.load(sys.argv[1])
+    model = AutoModelForMultimodalLM.from_pretrained("org/pal", **kwargs).eval()
+    base = AutoModel.from_pretrained("org/pal", **kwargs).eval()
+    processor = AutoProcessor.from_pretrained("org/pal", **kwargs)
+    pipe = pipeline("audio-text-to-text", model="org/pal", **kwargs)
+    chat = [{"role": "user", "content": [{"type": "audio", "audio": inputs.pop("wave").numpy()},
+                                         {"type": "text", "text": "what do you hear?"}]}]
+    answer = pipe(text=chat, max_new_tokens=4, return_full_text=False)
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, -1]
+        hidden = base(**inputs).last_hidden_state[:, -1]
+    print(json.dumps({"logits": logits.tolist(), "hidden": hidden.tolist(), "processor": type(processor).__name__,
+                      "answer": answer[0]["generated_text"], "blocked": remote and "modeling_pal" not in sys.modules}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def published(pal_model, tiny_llm_dir, tiny_whisper_dir, tmp_path_factory):
+    model = pal_model("llama", "lal")
+    processor = PalProcessor.from_components(tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, model.config)
+    folder = write_repository(model, processor, tmp_path_factory.mktemp("dry-run"), REPO_ID, BASE_MODELS)
+    return model, processor, folder
+
+
+def test_dry_run_has_only_safetensors_and_a_valid_card(published):
+    _, _, folder = published
+    names = {path.name for path in folder.rglob("*")}
+    assert "model.safetensors" in names or "model.safetensors.index.json" in names
+    assert not [name for name in names if name.endswith(PICKLE_SUFFIXES)]
+    assert {"config.json", "modeling_pal.py", "configuration_pal.py", "processing_pal.py", "pipeline_pal.py"} <= names
+    assert "auto_map" in json.loads((folder / "config.json").read_text())
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "audio-text-to-text"
+    assert set(card.data.base_model) == set(BASE_MODELS.values())
+
+
+def place_in_hub_cache(folder, cache):
+    """The layout `snapshot_download` leaves: blobs are plain files here, snapshots/<commit>/..., refs/main."""
+    repo = cache / "models--org--pal"
+    shutil.copytree(folder, repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+
+
+@pytest.mark.parametrize("mode", ["package", "remote"])
+def test_load_by_repo_id_from_the_hub_cache(mode, published, tmp_path):
+    model, processor, folder = published
+    place_in_hub_cache(folder, tmp_path / "hub")
+    wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    chat = [{"role": "user", "content": [{"type": "audio", "audio": wave}, {"type": "text", "text": "hello"}]}]
+    inputs = dict(processor.apply_chat_template([chat], tokenize=True, return_dict=True, return_tensors="pt"))
+    torch.save({**inputs, "wave": torch.from_numpy(wave)}, tmp_path / "inputs.pt")
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HOME": str(tmp_path / "home"),
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_BY_REPO_ID, str(tmp_path / "inputs.pt"), mode],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    with torch.no_grad():
+        expected = model(**inputs)
+        hidden = model.model(**inputs).last_hidden_state[:, -1]
+    assert torch.equal(torch.tensor(report["logits"]), expected.logits[:, -1])
+    assert torch.equal(torch.tensor(report["hidden"]), hidden)
+    assert report["processor"] == "PalProcessor"
+    assert isinstance(report["answer"], str)
+    assert report["blocked"] == (mode == "remote")
