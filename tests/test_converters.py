@@ -1,0 +1,185 @@
+"""Converters into PAL's schema, each on a small fake copy of its source format with real audio files."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from modeling_pal.data import (
+    PAL_FEATURES,
+    convert_audiocaps,
+    convert_audiofolder,
+    convert_clotho,
+    convert_esc50,
+    convert_librispeech,
+    convert_openaqa,
+    to_pal_dataset,
+)
+
+
+def write_audio(path: Path, seconds: float = 0.5, rate: int = 22050) -> Path:
+    """A short tone; the format follows the file extension (wav, flac)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate), rate)
+    return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def check_rows(dataset, task: str, ids: list[str]) -> None:
+    """Schema, ids, chat messages and decodable 16 kHz audio."""
+    assert dataset.features == PAL_FEATURES and dataset["id"] == ids
+    for row in dataset:
+        assert row["task"] == task
+        assert row["messages"][0]["content"] == [
+            {"type": "audio", "text": None},
+            {"type": "text", "text": row["question"]},
+        ]
+        assert row["messages"][1]["content"] == [{"type": "text", "text": row["answer"]}]
+        samples = row["audio"].get_all_samples()
+        assert samples.sample_rate == 16000 and samples.data.shape[1] == pytest.approx(row["duration"] * 16000, abs=2)
+
+
+def test_openaqa(tmp_path):
+    write_audio(tmp_path / "audio" / "Yabc.flac", seconds=1.0)
+    write_audio(tmp_path / "audio" / "clips" / "b.wav")
+    entries = [
+        {"audio_id": "/data/sls/audioset/Yabc.flac", "instruction": "Classify.", "output": "Dog", "task": "cla_label"},
+        {"wav": "clips/b.wav", "instruction": "Caption it.", "output": "A tone.", "dataset": "x", "task": "caption"},
+        {"wav": "clips/b.wav", "instruction": "Is it loud?", "output": "No.", "task": "closed-ended question"},
+        {"wav": "clips/b.wav", "instruction": "Why?", "output": "Because.", "task": "open-ended question"},
+    ]
+    (tmp_path / "openaqa.json").write_text(json.dumps(entries))
+    dataset = convert_openaqa(tmp_path / "openaqa.json", audio_dir=tmp_path / "audio")
+    assert dataset["task"] == ["classification", "captioning", "open_qa", "open_qa"]
+    assert dataset["task_type"] == ["classification", "open", "closed", "open"]
+    assert dataset["id"] == ["Yabc-0", "b-1", "b-2", "b-3"]
+    assert dataset["label"] == ["Dog", "", "", ""] and dataset["caption"] == ["", "A tone.", "", ""]
+    assert dataset["question"][2] == "Is it loud?" and dataset["duration"][0] == pytest.approx(1.0)
+
+
+def test_audiocaps(tmp_path):
+    write_audio(tmp_path / "wav" / "Yxyz.wav")
+    write_audio(tmp_path / "wav" / "Yuvw.wav")
+    rows = [
+        {"audiocap_id": "91139", "youtube_id": "xyz", "start_time": "30", "caption": "A dog barks"},
+        {"audiocap_id": "58146", "youtube_id": "uvw", "start_time": "0", "caption": "Rain falls"},
+    ]
+    dataset = convert_audiocaps(write_csv(tmp_path / "val.csv", rows), tmp_path / "wav", "Y{youtube_id}.wav")
+    check_rows(dataset, "captioning", ["91139", "58146"])
+    assert dataset["question"] == ["Describe the audio."] * 2 and dataset["answer"] == dataset["caption"]
+    assert dataset["answer"] == ["A dog barks", "Rain falls"] and dataset["task_type"] == ["open"] * 2
+
+
+def test_clotho(tmp_path):
+    write_audio(tmp_path / "development" / "rain on roof.wav")
+    captions = {f"caption_{k}": f"caption number {k}" for k in range(1, 6)}
+    dataset = convert_clotho(
+        write_csv(tmp_path / "captions.csv", [{"file_name": "rain on roof.wav", **captions}]), tmp_path / "development"
+    )
+    check_rows(dataset, "captioning", [f"rain on roof-{k}" for k in range(1, 6)])
+    assert dataset["caption"] == list(captions.values())
+
+
+def test_esc50(tmp_path):
+    rows = [
+        {"filename": "1-100032-A-0.wav", "fold": "1", "target": "0", "category": "dog", "esc10": "True"},
+        {"filename": "1-100038-A-14.wav", "fold": "1", "target": "14", "category": "chirping_birds", "esc10": "False"},
+        {"filename": "5-9032-A-0.wav", "fold": "5", "target": "0", "category": "dog", "esc10": "True"},
+        {"filename": "5-10000-A-1.wav", "fold": "5", "target": "1", "category": "rooster", "esc10": "True"},
+    ]
+    rows = [row | {"src_file": row["filename"][2:7], "take": "A"} for row in rows]
+    for row in rows:
+        write_audio(tmp_path / "audio" / row["filename"], rate=44100)
+    dataset = convert_esc50(write_csv(tmp_path / "esc50.csv", rows), tmp_path / "audio", folds=[1])
+    check_rows(dataset, "classification", ["1-100032-A-0", "1-100038-A-14"])
+    assert dataset["label"] == ["dog", "chirping birds"] and dataset["answer"] == dataset["label"]
+    assert dataset["choices"][0] == ["chirping birds", "dog", "rooster"]
+    assert dataset["question"][0] == "What sound is this? Choose one of: chirping birds, dog, rooster."
+    assert set(dataset["task_type"]) == {"classification"}
+
+
+def test_librispeech(tmp_path):
+    chapter = tmp_path / "dev-clean" / "84" / "121123"
+    write_audio(chapter / "84-121123-0000.flac", rate=16000)
+    write_audio(chapter / "84-121123-0001.flac", rate=16000)
+    (chapter / "84-121123.trans.txt").write_text("84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS THAN\n")
+    dataset = convert_librispeech(tmp_path / "dev-clean")
+    check_rows(dataset, "transcription", ["84-121123-0000", "84-121123-0001"])
+    assert (
+        dataset["transcript"] == ["go do you hear", "but in less than"] and dataset["answer"] == dataset["transcript"]
+    )
+    assert dataset["language"] == ["en", "en"] and dataset["question"][0] == "Transcribe the speech."
+
+
+def test_audiofolder_csv_and_jsonl(tmp_path):
+    write_audio(tmp_path / "data" / "a.wav")
+    write_audio(tmp_path / "data" / "b.wav")
+    write_csv(tmp_path / "metadata.csv", [{"file_name": "data/a.wav", "caption": "Birds sing."}])
+    check_rows(convert_audiofolder(tmp_path), "captioning", ["data/a.wav"])
+    records = [{"file_name": "data/a.wav", "label": "cat"}, {"file_name": "data/b.wav", "label": "dog", "id": "b"}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(map(json.dumps, records)))
+    dataset = convert_audiofolder(tmp_path)
+    check_rows(dataset, "classification", ["data/a.wav", "b"])
+    assert dataset["choices"] == [["cat", "dog"]] * 2 and dataset["label"] == ["cat", "dog"]
+    transcripts = convert_audiofolder(tmp_path, text_column="label", task="transcription")
+    assert transcripts["transcript"] == ["cat", "dog"] and transcripts["choices"] == [[], []]
+
+
+def test_audio_values_of_every_kind(tmp_path):
+    path = write_audio(tmp_path / "a.wav", seconds=1.0)
+    write_csv(tmp_path / "metadata.csv", [{"file_name": "a.wav", "text": "A tone."}])
+    decoder = convert_audiofolder(tmp_path)[0]["audio"]  # a datasets AudioDecoder
+    values = [str(path), path, {"path": str(path)}, {"array": np.ones(8000) * 0.1, "sampling_rate": 8000}, decoder]
+    rows = [
+        {"id": str(i), "audio": value, "task": "open_qa", "question": "Q?", "answer": "A."}
+        for i, value in enumerate(values)
+    ]
+    dataset = to_pal_dataset(rows)
+    check_rows(dataset, "open_qa", [str(i) for i in range(len(values))])
+    assert dataset["duration"] == pytest.approx([1.0] * len(values))
+    assert dataset["task_type"] == ["open"] * len(values) and dataset["events"] == [[]] * len(values)
+
+
+@pytest.fixture
+def captions_with_bad_rows(tmp_path) -> Path:
+    write_audio(tmp_path / "wav" / "good.wav")
+    (tmp_path / "wav" / "corrupt.wav").write_bytes(b"RIFF\x00\x00 this is not audio")
+    rows = [
+        {"audiocap_id": "1", "youtube_id": "good", "start_time": "0", "caption": "Fine."},
+        {"audiocap_id": "2", "youtube_id": "missing", "start_time": "0", "caption": "Gone."},
+        {"audiocap_id": "3", "youtube_id": "corrupt", "start_time": "0", "caption": "Broken."},
+    ]
+    return write_csv(tmp_path / "captions.csv", rows)
+
+
+def test_missing_file_raises_naming_the_row(captions_with_bad_rows):
+    with pytest.raises(FileNotFoundError, match=r"row '2' \(audio .*missing\.wav\)"):
+        convert_audiocaps(captions_with_bad_rows, captions_with_bad_rows.parent / "wav")
+
+
+def test_corrupt_file_raises_naming_the_row(tmp_path, captions_with_bad_rows):
+    rows = [{"audiocap_id": "3", "youtube_id": "corrupt", "start_time": "0", "caption": "Broken."}]
+    with pytest.raises(ValueError, match=r"row '3' \(audio .*corrupt\.wav\): cannot decode"):
+        convert_audiocaps(write_csv(tmp_path / "bad.csv", rows), tmp_path / "wav")
+
+
+def test_bad_rows_are_skipped_with_a_warning(captions_with_bad_rows):
+    with pytest.warns(UserWarning, match=r"skipped 2 rows .*\['2', '3'\]"):
+        dataset = convert_audiocaps(captions_with_bad_rows, captions_with_bad_rows.parent / "wav", on_bad_audio="skip")
+    check_rows(dataset, "captioning", ["1"])
+    with pytest.raises(ValueError, match="on_bad_audio"):
+        convert_audiocaps(captions_with_bad_rows, captions_with_bad_rows.parent / "wav", on_bad_audio="ignore")
