@@ -3,19 +3,41 @@
 from __future__ import annotations
 
 import io
+import json
+import numbers
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import soxr
+from transformers import (
+    AutoFeatureExtractor,
+    AutoTokenizer,
+    BatchFeature,
+    ProcessorMixin,
+    WhisperFeatureExtractor,
+)
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from .configuration_pal import MAX_AUDIO_ENCODERS, PalConfig, num_encoder_tokens, num_plits_tokens
+from .modeling_pal import AUDIO_INPUT_PREFIXES
 
 MAX_CHANNELS = 8
 
 
+def _fetch_url(url: str) -> bytes:
+    """The encoded bytes behind an http(s) URL."""
+    with urllib.request.urlopen(url, timeout=30.0) as response:
+        return response.read()
+
+
 def _decode_file(source: str | Path | bytes) -> tuple[np.ndarray, int]:
-    """Decodes a file path or encoded bytes at the file's own rate: `(samples, channels)` float32 and the rate."""
-    if not isinstance(source, bytes) and not Path(source).is_file():
+    """Decodes a path, an http(s) URL or encoded bytes at the file's own rate: `(samples, channels)` and the rate."""
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        source = _fetch_url(source)
+    elif not isinstance(source, bytes) and not Path(source).is_file():
         raise FileNotFoundError(f"audio file not found: {source}")
     try:
         data, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32")
@@ -63,7 +85,7 @@ def load_audio(value: object, sampling_rate: int | None = None) -> tuple[np.ndar
     Turns any supported audio value into mono float32 samples and their rate, without resampling.
 
     Args:
-        value: a path (`str`/`Path`), encoded bytes, a 1-D/2-D array, tensor or list, a dict with `array` (+
+        value: a path (`str`/`Path`), an http(s) URL, encoded bytes, a 1-D/2-D array, tensor or list, a dict with `array` (+
             `sampling_rate`), `path` or `bytes`, or a `datasets` `AudioDecoder`.
         sampling_rate: the rate of raw arrays/lists/tensors (paths are decoded at the file's own rate).
 
@@ -92,3 +114,520 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     if rate == target_rate:
         return samples
     return soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Encoder windows: every encoder family splits audio into its own fixed windows and featurizes them
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class WhisperWindows:
+    """Whisper: `chunk_length`-second windows → log-mel features `(mel_bins, frames)` and a mel-frame mask."""
+
+    model_type = "whisper"
+
+    @staticmethod
+    def window_samples(feature_extractor: WhisperFeatureExtractor) -> int:
+        return feature_extractor.n_samples
+
+    @staticmethod
+    def featurize(
+        feature_extractor: WhisperFeatureExtractor, windows: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`N` windows (each at most one window long) → features `(N, mel_bins, frames)`, mask `(N, frames)`."""
+        out = feature_extractor(
+            windows,
+            sampling_rate=feature_extractor.sampling_rate,
+            padding="max_length",
+            return_attention_mask=True,
+            return_tensors="np",
+        )
+        return out["input_features"], out["attention_mask"].astype(np.int64)
+
+
+AUDIO_WINDOW_ADAPTERS = {adapter.model_type: adapter for adapter in (WhisperWindows,)}
+
+
+def audio_window_adapter(model_type: str) -> type:
+    """The windowing of an encoder type; unknown types raise a `ValueError` naming them."""
+    adapter = AUDIO_WINDOW_ADAPTERS.get(model_type)
+    if adapter is None:
+        raise ValueError(f"Unsupported audio encoder type {model_type!r}; supported: {sorted(AUDIO_WINDOW_ADAPTERS)}")
+    return adapter
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Chat template: the LLM's own text-only template, behind a prefix that turns content lists into text
+# ----------------------------------------------------------------------------------------------------------------------
+
+CHAT_PREFIX_START = "{#- PAL: content lists become text, one audio token per audio item -#}\n"
+CHAT_PREFIX_END = "{#- PAL: the LLM's own chat template follows, unchanged -#}\n"
+CHAT_PREFIX_BODY = """{%- set pal = namespace(messages=[]) -%}
+{%- for message in messages -%}
+{%- if message.content is defined and message.content is not string -%}
+{%- set pal.text = '' -%}
+{%- for item in message.content -%}
+{%- if item.type == 'audio' -%}{%- set pal.text = pal.text + AUDIO_TOKEN -%}
+{%- elif item.type == 'text' -%}{%- set pal.text = pal.text + item.text -%}
+{%- else -%}{{- raise_exception('PAL chats take text and audio items, got a ' ~ item.type ~ ' item') -}}
+{%- endif -%}
+{%- endfor -%}
+{%- set pal.messages = pal.messages + [dict(message, content=pal.text)] -%}
+{%- else -%}{%- set pal.messages = pal.messages + [message] -%}
+{%- endif -%}
+{%- endfor -%}
+{%- set messages = pal.messages -%}
+"""
+
+
+def wrap_chat_template(template: str | dict | None, audio_token: str) -> str | dict | None:
+    """
+    Puts PAL's prefix in front of a text-only chat template (or each of a dict of named templates): content lists
+    become strings (audio items → `audio_token`, text items → their text) before the original template runs verbatim.
+    An already wrapped template is re-wrapped, so the audio token is always the current one.
+    """
+    if isinstance(template, dict):
+        return {name: wrap_chat_template(value, audio_token) for name, value in template.items()}
+    if template is None:
+        return None
+    if template.startswith(CHAT_PREFIX_START):
+        template = template.split(CHAT_PREFIX_END, 1)[1]
+    body = CHAT_PREFIX_BODY.replace("AUDIO_TOKEN", json.dumps(audio_token))
+    return CHAT_PREFIX_START + body + CHAT_PREFIX_END + template
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Processor
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _is_clip_list(value: object) -> bool:
+    """A list of clips (as opposed to one clip given as a list of samples)."""
+    return isinstance(value, (list, tuple)) and not any(isinstance(item, numbers.Number) for item in value)
+
+
+class PalProcessor(ProcessorMixin):
+    r"""
+    Processor of PAL audio-LLMs: the LLM's tokenizer plus one feature extractor per audio encoder slot.
+
+    It expands each `audio_token` of the text into that clip's PLITS placeholders (one run per PLITS encoder, in slot
+    order) followed by one marker token for LAL, splits each clip into every window of each encoder (nothing is cut),
+    and lays the windows out batch-major, as `PalForConditionalGeneration.forward` takes them.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`):
+            The LLM's tokenizer, holding `audio_token` and `audio_placeholder_token`.
+        feature_extractor, feature_extractor_1, feature_extractor_2, feature_extractor_3 (`FeatureExtractionMixin`, *optional*):
+            The feature extractor of encoder slot 0…3 (e.g. a `WhisperFeatureExtractor`); slots fill in order.
+        chat_template (`str`, *optional*):
+            The LLM's text-only chat template; it is wrapped so that chats may hold `{"type": "audio"}` items.
+        audio_token (`str`, *optional*, defaults to `"<|audio|>"`):
+            The token the user writes once per clip; it stays in the text as the clip's LAL marker.
+        audio_placeholder_token (`str`, *optional*, defaults to `"<|audio_pad|>"`):
+            The token that PLITS audio embeddings replace.
+        audio_encoders (`list[dict]`, *optional*):
+            Per slot, the model's encoder settings (`PalConfig.audio_encoders`) plus the encoder's `model_type` and
+            `audio_config` (its config as a dict, for the token counts; defaults to the type's default config).
+        num_summary_tokens (`int`, *optional*, defaults to 32):
+            Q-Former queries per encoder window (hybrid integration and `projector="qformer"`).
+        max_audio_seconds (`float`, *optional*, defaults to 600):
+            Longest clip accepted; longer clips raise a `ValueError` (nothing is silently cut).
+        sampling_rate (`int`, *optional*, defaults to 16000):
+            The rate assumed for raw arrays when `sampling_rate` is not passed. Files keep their own rate.
+        transcription_prompt (`str`, *optional*, defaults to `"Transcribe the audio."`):
+            The request written by `apply_transcription_request`.
+    """
+
+    text_kwargs = {"padding": True, "padding_side": "left", "return_tensors": "pt"}
+
+    def __init__(
+        self,
+        tokenizer,
+        feature_extractor=None,
+        feature_extractor_1=None,
+        feature_extractor_2=None,
+        feature_extractor_3=None,
+        chat_template: str | dict | None = None,
+        audio_token: str = "<|audio|>",
+        audio_placeholder_token: str = "<|audio_pad|>",
+        audio_encoders: list[dict] | None = None,
+        num_summary_tokens: int = 32,
+        max_audio_seconds: float = 600,
+        sampling_rate: int = 16000,
+        transcription_prompt: str = "Transcribe the audio.",
+    ):
+        extractors = [feature_extractor, feature_extractor_1, feature_extractor_2, feature_extractor_3]
+        self.audio_encoders = [dict(settings) for settings in audio_encoders or []]
+        expected = [True] * len(self.audio_encoders) + [False] * (MAX_AUDIO_ENCODERS - len(self.audio_encoders))
+        if [extractor is not None for extractor in extractors] != expected:
+            raise ValueError(
+                f"PalProcessor needs one feature extractor per entry of audio_encoders ({len(self.audio_encoders)}), "
+                "in slots feature_extractor, feature_extractor_1, … without gaps"
+            )
+        for settings in self.audio_encoders:
+            audio_window_adapter(settings["model_type"])
+        self._encoder_configs = [
+            CONFIG_MAPPING[settings["model_type"]].from_dict(settings.get("audio_config", {}))
+            for settings in self.audio_encoders
+        ]
+        self.audio_token = audio_token
+        self.audio_placeholder_token = audio_placeholder_token
+        self.num_summary_tokens = num_summary_tokens
+        self.max_audio_seconds = max_audio_seconds
+        self.sampling_rate = sampling_rate
+        self.transcription_prompt = transcription_prompt
+        chat_template = wrap_chat_template(chat_template or tokenizer.chat_template, audio_token)
+        super().__init__(tokenizer, *extractors, chat_template=chat_template)
+        self.audio_token_id = self._vocabulary_id(audio_token)
+        self.audio_placeholder_token_id = self._vocabulary_id(audio_placeholder_token)
+        self.audio_token_ids = [self.audio_token_id, self.audio_placeholder_token_id]
+        _use_left_padding(tokenizer)
+
+    def _vocabulary_id(self, token: str) -> int:
+        if token not in self.tokenizer.get_vocab():
+            raise ValueError(
+                f"{token!r} is not in the tokenizer's vocabulary; build the processor with PalProcessor.from_components"
+            )
+        return self.tokenizer.convert_tokens_to_ids(token)
+
+    @classmethod
+    def from_components(
+        cls, text_model: str, audio_encoders: dict[str, str], config: PalConfig, **loading_kwargs
+    ) -> PalProcessor:
+        """
+        Builds the processor of a model made by `PalForConditionalGeneration.from_components`.
+
+        Args:
+            text_model: the LLM checkpoint (local path or Hub id) whose tokenizer to load.
+            audio_encoders: `{name: checkpoint}` in slot order, as given to the model; each checkpoint's feature
+                extractor is loaded with `AutoFeatureExtractor`.
+            config: the model's `PalConfig`, for the encoder settings and the special tokens.
+            loading_kwargs: passed to every `from_pretrained` (e.g. `revision`).
+
+        Raises:
+            `ValueError` when the encoder names differ from the model's, or when the tokenizer gives PAL's tokens
+            other ids than the model config.
+        """
+        names = [settings["name"] for settings in config.audio_encoders]
+        if list(audio_encoders) != names:
+            raise ValueError(f"audio_encoders {list(audio_encoders)} must name the model's encoders in order: {names}")
+        tokenizer = AutoTokenizer.from_pretrained(text_model, **loading_kwargs)
+        _add_audio_tokens(tokenizer, config)
+        extractors = [AutoFeatureExtractor.from_pretrained(path, **loading_kwargs) for path in audio_encoders.values()]
+        return cls(
+            tokenizer,
+            *extractors,
+            audio_token=config.audio_token,
+            audio_placeholder_token=config.audio_placeholder_token,
+            audio_encoders=[
+                {**settings, "model_type": audio_config.model_type, "audio_config": audio_config.to_diff_dict()}
+                for settings, audio_config in zip(config.audio_encoders, config.audio_configs)
+            ],
+            num_summary_tokens=config.num_summary_tokens,
+        )
+
+    @property
+    def feature_extractors(self) -> list:
+        """The feature extractors of the filled encoder slots, in slot order."""
+        return [getattr(self, name) for name in FEATURE_EXTRACTOR_SLOTS[: len(self.audio_encoders)]]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        audio_names = [
+            f"{prefix}{slot}" for slot in range(len(self.audio_encoders)) for prefix in AUDIO_INPUT_PREFIXES
+        ]
+        return list(self.tokenizer.model_input_names) + audio_names
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        audio=None,
+        sampling_rate: int | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        r"""
+        Tokenizes prompts and featurizes their clips into model inputs.
+
+        Args:
+            text (`str` or `list[str]`):
+                One prompt or a batch, with one `audio_token` per clip.
+            audio (*optional*):
+                The clips, in text order as one flat list, or one list per prompt (`[]` for text-only prompts). A clip
+                is a 1-D array/tensor/list (mono), a 2-D one (multi-channel: the axis of size ≤ 8 is channels, down-
+                mixed), a path or http(s) URL (decoded at the file's own rate), encoded bytes, or a `datasets`-style
+                dict (`{"array", "sampling_rate"}`, `{"path"}`, `{"bytes"}`).
+            sampling_rate (`int`, *optional*):
+                The rate of raw arrays; defaults to `processor.sampling_rate` (16000). Every clip is resampled to
+                each encoder's rate.
+            kwargs:
+                Tokenizer options (`text_kwargs={...}` or flat), e.g. `padding_side="right"` for training.
+
+        Returns:
+            [`BatchFeature`] with `input_ids` and `attention_mask` `(batch, seq_len)` (left-padded), and per encoder
+            slot k: `audio_features_{k}` `(batch, max_windows, *feature_shape)`, `audio_feature_mask_{k}`
+            `(batch, max_windows, feature_frames)` and `audio_window_clip_{k}` `(batch, max_windows)` (clip index of
+            each window in its prompt, -1 for padding windows). Without any clip only the text entries are returned.
+
+        Raises:
+            `ValueError` naming the problem: empty, NaN/inf, non-numeric or wrongly shaped audio, a number of clips
+            that differs from the number of audio tokens (both counts are given), a clip longer than
+            `max_audio_seconds`, or a truncation that would cut audio tokens.
+        """
+        if text is None:
+            raise ValueError(f"PalProcessor needs text, with one {self.audio_token} per audio clip")
+        texts = [text] if isinstance(text, str) else list(text)
+        merged = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        text_kwargs = merged["text_kwargs"]
+        return_mm_token_type_ids = text_kwargs.pop("return_mm_token_type_ids", merged["return_mm_token_type_ids"])
+        return_offsets = text_kwargs.pop("return_text_replacement_offsets", merged["return_text_replacement_offsets"])
+        sampling_rate = sampling_rate or merged["audio_kwargs"].get("sampling_rate") or self.sampling_rate
+
+        clips = self._load_clips(texts, audio, sampling_rate)
+        audio_inputs, replacements = self._process_audio(clips)
+        texts, offsets = self.get_text_with_replacements(texts, audio_replacements=replacements)
+        text_inputs = self.tokenizer(texts, **text_kwargs)
+        self._check_special_mm_tokens(texts, text_inputs, modalities=["audio", "audio_placeholder"])
+        if return_offsets:
+            text_inputs["text_replacement_offsets"] = offsets
+        if return_mm_token_type_ids:
+            text_inputs["mm_token_type_ids"] = self.create_mm_token_type_ids(text_inputs["input_ids"])
+        return BatchFeature(
+            {**text_inputs, **audio_inputs},
+            tensor_type=text_kwargs.get("return_tensors"),
+            skip_tensor_conversion=self.skip_tensor_conversion,
+        )
+
+    def _load_clips(self, texts: list[str], audio, sampling_rate: int) -> list[list[tuple[np.ndarray, int]]]:
+        """Assigns the clips to the prompts by their audio tokens and decodes them: per prompt, `(samples, rate)`."""
+        counts = [sample.count(self.audio_token) for sample in texts]
+        audio = [] if audio is None else audio if _is_clip_list(audio) else [audio]
+        per_sample = audio if audio and len(audio) == len(texts) and all(map(_is_clip_list, audio)) else None
+        if per_sample is None:
+            if sum(counts) != len(audio):
+                raise ValueError(
+                    f"The text has {sum(counts)} {self.audio_token} tokens but {len(audio)} audio clips were given; "
+                    "write one audio token per clip"
+                )
+            starts = np.cumsum([0, *counts])
+            per_sample = [audio[start:end] for start, end in zip(starts[:-1], starts[1:])]
+        for index, (count, sample_clips) in enumerate(zip(counts, per_sample)):
+            if count != len(sample_clips):
+                raise ValueError(
+                    f"Prompt {index} has {count} {self.audio_token} tokens but {len(sample_clips)} audio clips; "
+                    "write one audio token per clip"
+                )
+        return [
+            [
+                self._load_clip(clip, sampling_rate, f"prompt {index}, clip {position}")
+                for position, clip in enumerate(sample)
+            ]
+            for index, sample in enumerate(per_sample)
+        ]
+
+    def _load_clip(self, clip, sampling_rate: int, where: str) -> tuple[np.ndarray, int]:
+        try:
+            samples, rate = load_audio(clip, sampling_rate)
+        except ValueError as error:
+            raise ValueError(f"Audio of {where}: {error}") from error
+        if len(samples) > self.max_audio_seconds * rate:
+            raise ValueError(
+                f"Audio of {where} is {len(samples) / rate:.1f} s long, more than max_audio_seconds="
+                f"{self.max_audio_seconds}; split it, or raise the processor's max_audio_seconds"
+            )
+        return samples, rate
+
+    def _process_audio(self, clips: list[list[tuple[np.ndarray, int]]]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """
+        Featurizes every clip for every encoder slot.
+
+        Args:
+            clips: per prompt, its clips as `(samples, rate)`, in text order.
+
+        Returns:
+            The per-slot model inputs and one replacement string per clip, in text order.
+        """
+        if not any(clips):
+            return {}, []
+        audio_inputs, plits_counts = {}, []
+        for slot, settings in enumerate(self.audio_encoders):
+            slot_inputs, counts = self._process_slot(slot, clips)
+            audio_inputs.update(slot_inputs)
+            if settings["integration"] in PLITS_INTEGRATIONS:
+                plits_counts.append(counts)
+        marker = self.audio_token if any(s["integration"] in LAL_INTEGRATIONS for s in self.audio_encoders) else ""
+        replacements = [
+            "".join(self.audio_placeholder_token * counts[clip] for counts in plits_counts) + marker
+            for clip in range(sum(map(len, clips)))
+        ]
+        return audio_inputs, replacements
+
+    def _process_slot(
+        self, slot: int, clips: list[list[tuple[np.ndarray, int]]]
+    ) -> tuple[dict[str, np.ndarray], list[int]]:
+        """
+        Splits every clip into this encoder's windows (all of them) and featurizes them.
+
+        Returns:
+            `audio_features_{slot}` `(batch, max_windows, *feature_shape)`, `audio_feature_mask_{slot}`
+            `(batch, max_windows, frames)`, `audio_window_clip_{slot}` `(batch, max_windows)`; and per clip (in text
+            order) the number of PLITS placeholders this encoder fills.
+        """
+        extractor, settings = self.feature_extractors[slot], self.audio_encoders[slot]
+        adapter = audio_window_adapter(settings["model_type"])
+        size = adapter.window_samples(extractor)
+        flat = [(index, position, clip) for index, sample in enumerate(clips) for position, clip in enumerate(sample)]
+        windows, owners = [], []  # owners[i] = (prompt, clip within the prompt, clip in text order) of window i
+        for order, (index, position, (samples, rate)) in enumerate(flat):
+            samples = resample(samples, rate, extractor.sampling_rate)
+            pieces = [samples[start : start + size] for start in range(0, len(samples), size)]
+            windows.extend(pieces)
+            owners.extend([(index, position, order)] * len(pieces))
+        features, mask = adapter.featurize(extractor, windows)
+        tokens = num_encoder_tokens(self._encoder_configs[slot], mask.sum(-1), mask.shape[-1])
+        plits = [num_plits_tokens(settings, int(count), self.num_summary_tokens) for count in tokens]
+        counts = [0] * len(flat)
+        for (_, _, clip), count in zip(owners, plits):
+            counts[clip] += count
+        return _batch_windows(slot, len(clips), owners, features, mask), counts
+
+    def _multimodal_inputs_from_conversations(
+        self, conversations: list[list[dict]], audio_loading_params: dict, load_audio_from_video: bool = False
+    ):
+        """The audio of every `{"type": "audio"}` item, in chat order; files are decoded later at their own rate."""
+        if load_audio_from_video:
+            raise ValueError("PAL takes no video, so load_audio_from_video is not supported")
+        audio = [
+            _chat_audio_source(item)
+            for conversation in conversations
+            for message in conversation
+            if isinstance(message.get("content"), (list, tuple))
+            for item in message["content"]
+            if item.get("type") == "audio"
+        ]
+        empty = [[] for _ in conversations]
+        return empty, empty, audio, {}
+
+    def _resolve_audio_loading_params(self, processor_kwargs: dict) -> dict:
+        """Arrays in chats are taken at `sampling_rate` when given, else at `processor.sampling_rate`."""
+        audio_kwargs = processor_kwargs.get("audio_kwargs", {})
+        return {
+            "sampling_rate": processor_kwargs.get(
+                "sampling_rate", audio_kwargs.get("sampling_rate", self.sampling_rate)
+            )
+        }
+
+    def apply_transcription_request(self, audio, language: str | None = None, **kwargs) -> BatchFeature:
+        """
+        Model inputs asking for the transcription of each clip (one chat per clip), like Voxtral's and AF3's.
+
+        Args:
+            audio: one clip or a list of clips (arrays at `processor.sampling_rate`, paths, URLs, dicts).
+            language: the spoken language, added to the request when given (e.g. `"English"`).
+            kwargs: passed to `apply_chat_template` (e.g. `processor_kwargs={"sampling_rate": 8000}`).
+
+        Returns:
+            [`BatchFeature`] of model inputs, ending in the assistant turn's header.
+        """
+        clips = audio if _is_clip_list(audio) else [audio]
+        request = (
+            self.transcription_prompt if language is None else f"{self.transcription_prompt} Language: {language}."
+        )
+        conversations = [
+            [{"role": "user", "content": [{"type": "audio", "audio": clip}, {"type": "text", "text": request}]}]
+            for clip in clips
+        ]
+        return self.apply_chat_template(
+            conversations, tokenize=True, return_dict=True, add_generation_prompt=True, **kwargs
+        )
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """Saves like `ProcessorMixin`; empty encoder slots are written as `null` in `processor_config.json`."""
+        filled = [name for name in self.get_attributes() if getattr(self, name) is not None]
+        self.get_attributes = lambda: filled  # ProcessorMixin.save_pretrained touches every sub-processor
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            del self.get_attributes
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """The tokenizer and each saved feature extractor; encoder slots saved empty (`null`) stay `None`."""
+        processor_dict = processor_dict or {}
+        subfolder = kwargs.pop("subfolder", "")
+        tokenizer = cls._load_tokenizer_from_pretrained(
+            "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+        )
+        extractors = [processor_dict.get(name) for name in FEATURE_EXTRACTOR_SLOTS]
+        return [tokenizer] + [
+            None if saved is None else cls.get_possibly_dynamic_module(saved["feature_extractor_type"])(**saved)
+            for saved in extractors
+        ]
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        """Empty encoder slots are `None`."""
+        if argument is None and argument_name in FEATURE_EXTRACTOR_SLOTS:
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+
+FEATURE_EXTRACTOR_SLOTS = ("feature_extractor", "feature_extractor_1", "feature_extractor_2", "feature_extractor_3")
+PLITS_INTEGRATIONS = ("plits", "hybrid")
+LAL_INTEGRATIONS = ("lal", "hybrid")
+
+
+def _batch_windows(slot: int, batch: int, owners: list, features: np.ndarray, mask: np.ndarray) -> dict:
+    """Lays `N` windows out batch-major: `(batch, max_windows, ...)`, padding windows zero with clip index -1."""
+    rows = [[i for i, owner in enumerate(owners) if owner[0] == index] for index in range(batch)]
+    most = max(map(len, rows))
+    batched_features = np.zeros((batch, most, *features.shape[1:]), dtype=features.dtype)
+    batched_mask = np.zeros((batch, most, mask.shape[-1]), dtype=np.int64)
+    window_clip = np.full((batch, most), -1, dtype=np.int64)
+    for index, sample_rows in enumerate(rows):
+        batched_features[index, : len(sample_rows)] = features[sample_rows]
+        batched_mask[index, : len(sample_rows)] = mask[sample_rows]
+        window_clip[index, : len(sample_rows)] = [owners[row][1] for row in sample_rows]
+    return {
+        f"audio_features_{slot}": batched_features,
+        f"audio_feature_mask_{slot}": batched_mask,
+        f"audio_window_clip_{slot}": window_clip,
+    }
+
+
+def _chat_audio_source(item: dict) -> object:
+    """The audio of a chat item: its `audio` (array, path, URL or dict), else `path`, else `url`."""
+    for key in ("audio", "path", "url"):
+        if item.get(key) is not None:
+            return item[key]
+    raise ValueError(f"A chat audio item needs an 'audio', 'path' or 'url' entry, got keys {sorted(item)}")
+
+
+def _add_audio_tokens(tokenizer, config: PalConfig) -> None:
+    """Adds PAL's token strings where missing (as the model did) and checks their ids against the model config."""
+    tokens = {
+        config.audio_token: config.audio_token_id,
+        config.audio_placeholder_token: config.audio_placeholder_token_id,
+    }
+    missing = [token for token in tokens if token not in tokenizer.get_vocab()]
+    tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    for token, config_id in tokens.items():
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id != config_id:
+            raise ValueError(
+                f"The tokenizer gives {token!r} id {token_id} but the model config says {config_id}; "
+                "use the text model the PAL model was built from"
+            )
+
+
+def _use_left_padding(tokenizer) -> None:
+    """Left padding, with a pad token the vocabulary already has (Llama-3's `<|finetune_right_pad_id|>`, else eos)."""
+    if tokenizer.pad_token is None:
+        reserved = "<|finetune_right_pad_id|>"
+        tokenizer.pad_token = reserved if reserved in tokenizer.get_vocab() else tokenizer.eos_token
+        if tokenizer.pad_token is None:
+            raise ValueError("The tokenizer has no pad token and no eos token to pad with")
+    tokenizer.padding_side = "left"
+
+
+PalProcessor.register_for_auto_class()
+
+__all__ = ["PalProcessor", "load_audio", "resample"]

@@ -1,0 +1,64 @@
+"""The "audio-text-to-text" pipeline: chats or prompts with audio in, generated text out.
+
+This file imports only `transformers`: `save_pretrained` copies it next to checkpoints, so that
+`pipeline(model=checkpoint, trust_remote_code=True)` serves PAL without the package installed.
+"""
+
+from transformers.pipelines import AnyToAnyPipeline
+
+PIPELINE_TASK = "audio-text-to-text"
+# The task name under which checkpoints ship this file (`config.custom_pipelines`). It differs from PIPELINE_TASK
+# because `pipeline(task)` prefers a checkpoint's custom task over the registered one and would then demand
+# `trust_remote_code=True` even where `import modeling_pal` has registered the pipeline.
+REMOTE_PIPELINE_TASK = "pal-audio-text-to-text"
+CUSTOM_PIPELINES = {
+    REMOTE_PIPELINE_TASK: {
+        "impl": "pipeline_pal.AudioTextToTextPipeline",
+        "pt": ["AutoModelForMultimodalLM"],
+        "type": "multimodal",
+    }
+}
+
+
+class AudioTextToTextPipeline(AnyToAnyPipeline):
+    """
+    Generates text from audio and text with a PAL model (any `AutoModelForMultimodalLM` with a processor that takes
+    `audio`). Inputs are chats whose user turns hold `{"type": "audio", "audio" | "path" | "url": ...}` items, or
+    `text=` prompts with one `processor.audio_token` per clip plus `audio=` clips (arrays, paths, URLs; a list per
+    batch). Files are decoded at their own rate and resampled by the processor; arrays are taken at
+    `processor.sampling_rate` unless `sampling_rate=` is given.
+
+    Example:
+
+    ```python
+    >>> import modeling_pal  # registers the task
+    >>> from transformers import pipeline
+
+    >>> pipe = pipeline("audio-text-to-text", model="path/to/pal-checkpoint")
+    >>> chat = [{"role": "user", "content": [{"type": "audio", "path": "dog.wav"},
+    ...                                      {"type": "text", "text": "What do you hear?"}]}]
+    >>> pipe(text=chat, max_new_tokens=32, return_full_text=False)
+    [{'input_text': [...], 'generated_text': '...'}]
+    ```
+    """
+
+    def preprocess(self, inputs=None, timeout=None, continue_final_message=None, **processing_kwargs):
+        """Prompts with audio go to the processor as they are, so files are decoded at their own rate."""
+        if not isinstance(inputs, dict) or inputs.get("audio") is None:
+            return super().preprocess(
+                inputs, timeout=timeout, continue_final_message=continue_final_message, **processing_kwargs
+            )
+        processor_kwargs = processing_kwargs.pop("processor_kwargs", None) or processing_kwargs
+        model_inputs = self.processor(
+            text=inputs["text"], audio=inputs["audio"], return_tensors="pt", **processor_kwargs
+        ).to(dtype=self.dtype)
+        model_inputs["text"] = inputs["text"]
+        return model_inputs
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Saves the model (which ships this file for remote-code users) and the whole processor."""
+        self.model.save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory, **kwargs)
+
+
+__all__ = ["AudioTextToTextPipeline", "CUSTOM_PIPELINES", "PIPELINE_TASK"]

@@ -1,0 +1,151 @@
+"""The "audio-text-to-text" pipeline (and "any-to-any") on a saved PAL checkpoint, with and without the package."""
+
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from transformers import AutoModelForMultimodalLM, AutoProcessor, pipeline
+
+from modeling_pal import AudioTextToTextPipeline, PalProcessor
+
+NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def checkpoint(pal_model, tiny_llm_dir, tiny_whisper_dir, tmp_path_factory) -> str:
+    """A hybrid PAL (PLITS placeholders and a LAL marker per clip) saved with its processor in one folder."""
+    model = pal_model("llama", "hybrid")
+    processor = PalProcessor.from_components(tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, config=model.config)
+    out = tmp_path_factory.mktemp("pal-checkpoint")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint):
+    return AutoModelForMultimodalLM.from_pretrained(checkpoint).eval(), AutoProcessor.from_pretrained(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def cases(loaded, tmp_path_factory) -> dict[str, dict]:
+    """Pipeline inputs by name: prompts with `text` + `audio` and chats, with a 16 kHz array and a 44.1 kHz file."""
+    audio_token = loaded[1].audio_token
+    array = np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32) * 0.1
+    wav = str(tmp_path_factory.mktemp("audio") / "tone.wav")
+    t = np.arange(int(44100 * 2.5)) / 44100
+    soundfile.write(wav, 0.3 * np.sin(2 * np.pi * 440 * t), 44100, subtype="FLOAT")
+
+    def chat(item: dict) -> list[dict]:
+        return [{"role": "user", "content": [item, {"type": "text", "text": "what do you hear?"}]}]
+
+    return {
+        "text+array": {"text": f"{audio_token} what do you hear?", "audio": array},
+        "text+44.1kHz path": {"text": f"{audio_token} what do you hear?", "audio": wav},
+        "chat array": {"text": chat({"type": "audio", "audio": array})},
+        "chat 44.1kHz path": {"text": chat({"type": "audio", "path": wav})},
+    }
+
+
+@pytest.fixture(scope="module")
+def expected(loaded, cases) -> dict[str, tuple[torch.Tensor, int]]:
+    """Per case, what `processor` + greedy `model.generate` give: the full sequence and the prompt length."""
+    model, processor = loaded
+    results = {}
+    for name, case in cases.items():
+        if isinstance(case["text"], list):
+            inputs = processor.apply_chat_template(
+                case["text"], add_generation_prompt=True, tokenize=True, return_dict=True
+            )
+        else:
+            inputs = processor(text=case["text"], audio=case["audio"])
+        ids = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0]
+        results[name] = ids, inputs["input_ids"].shape[1]
+    return results
+
+
+def generated_ids(pipe, case: dict) -> torch.Tensor:
+    return pipe(**case, max_new_tokens=NEW_TOKENS, return_tensors=True)[0]["generated_token_ids"]
+
+
+def test_pipeline_equals_processor_and_generate(checkpoint, loaded, cases, expected):
+    processor = loaded[1]
+    pipe = pipeline("audio-text-to-text", model=checkpoint)
+    assert isinstance(pipe, AudioTextToTextPipeline) and isinstance(pipe.processor, PalProcessor)
+    for name, case in cases.items():
+        ids, prompt_length = expected[name]
+        assert torch.equal(generated_ids(pipe, case), ids), name
+        new_text = pipe(**case, max_new_tokens=NEW_TOKENS, return_full_text=False)[0]["generated_text"]
+        assert new_text == processor.decode(ids[prompt_length:], skip_special_tokens=True), name
+
+
+def test_any_to_any_serves_pal(checkpoint, cases, expected):
+    pipe = pipeline("any-to-any", model=checkpoint)
+    for name in ("text+array", "chat 44.1kHz path"):
+        assert torch.equal(generated_ids(pipe, cases[name]), expected[name][0]), name
+
+
+def test_pipeline_batches_and_saves(checkpoint, cases, expected, tmp_path):
+    pipe = pipeline("audio-text-to-text", model=checkpoint)
+    names = ("chat array", "chat 44.1kHz path")
+    outputs = pipe(text=[cases[name]["text"] for name in names], max_new_tokens=NEW_TOKENS, return_tensors=True)
+    for name, output in zip(names, outputs):
+        assert torch.equal(output[0]["generated_token_ids"], expected[name][0]), name
+
+    pipe.save_pretrained(tmp_path / "saved")
+    reloaded = pipeline("audio-text-to-text", model=str(tmp_path / "saved"))
+    assert torch.equal(generated_ids(reloaded, cases["text+44.1kHz path"]), expected["text+44.1kHz path"][0])
+
+
+REMOTE_PIPELINE = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "modeling_pal" or name.startswith("modeling_pal."):
+                raise ImportError("modeling_pal is blocked in this process")
+    sys.meta_path.insert(0, Block())
+    try:
+        import modeling_pal
+        raise SystemExit("modeling_pal should not be importable here")
+    except ImportError:
+        pass
+    import pickle
+    from transformers import pipeline
+    path, cases_path, new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    with open(cases_path, "rb") as file:
+        cases = pickle.load(file)
+    report = {}
+    for task in (None, "any-to-any"):
+        pipe = pipeline(task, model=path, trust_remote_code=True)
+        for name, case in cases.items() if task is None else [("chat 44.1kHz path", cases["chat 44.1kHz path"])]:
+            out = pipe(**case, max_new_tokens=new_tokens, return_tensors=True)
+            report[f"{task}/{name}"] = [type(pipe).__name__, out[0]["generated_token_ids"].tolist()]
+    assert "modeling_pal" not in sys.modules
+    print(json.dumps(report))
+    """
+)
+
+
+def test_trust_remote_code_pipeline_without_package(checkpoint, cases, expected, tmp_path):
+    (tmp_path / "cases.pkl").write_bytes(pickle.dumps(cases))
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_PIPELINE, checkpoint, str(tmp_path / "cases.pkl"), str(NEW_TOKENS)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report) == 5
+    for key, (pipeline_class, ids) in report.items():
+        task, name = key.split("/")
+        assert pipeline_class == ("AudioTextToTextPipeline" if task == "None" else "AnyToAnyPipeline")
+        assert ids == expected[name][0].tolist(), key

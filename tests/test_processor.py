@@ -1,0 +1,374 @@
+"""PalProcessor: model inputs from text + audio (design.md §1 "Clips in the text", §3 model inputs, §6 bad input)."""
+
+import copy
+import functools
+import http.server
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from transformers import AutoProcessor
+
+from modeling_pal import PalProcessor
+from modeling_pal.processing_pal import resample
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "processing.md"
+RATE = 16000
+ATOL_CHANGE = 1e-4  # a max abs logit difference above this counts as "changes"
+# Encoder kinds whose windowing is tested; a CLAP case joins once the model supports CLAP.
+ENCODERS = ("whisper",)
+
+
+@pytest.fixture(scope="module")
+def pal(pal_model, tiny_llm_dir, tiny_whisper_dir):
+    """Factory: `pal(family, integration, **config_overrides)` → `(model, processor)`, both cached."""
+    processors = {}
+
+    def build(family: str = "llama", integration: str = "lal", **overrides):
+        model = pal_model(family, integration, **overrides)
+        if id(model) not in processors:
+            processors[id(model)] = PalProcessor.from_components(
+                tiny_llm_dir(family), {"whisper": tiny_whisper_dir}, config=model.config
+            )
+        return model, processors[id(model)]
+
+    return build
+
+
+def noise(seconds: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(int(RATE * seconds)).astype(np.float32) * 0.1
+
+
+def tones(seconds: float, rate: int) -> np.ndarray:
+    """A chord below 4 kHz, so that 8 kHz and 16 kHz renderings are the same signal."""
+    t = np.arange(int(seconds * rate)) / rate
+    return sum(np.sin(2 * np.pi * f * t) * 0.2 for f in (220.0, 700.0, 1900.0)).astype(np.float32)
+
+
+@torch.no_grad()
+def last_logits(model, inputs) -> torch.Tensor:
+    """Last-position logits, with positions counted from each sample's first real token (as `generate` does)."""
+    position_ids = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return model(**inputs, position_ids=position_ids).logits[:, -1]
+
+
+def changes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a - b).abs().max().item() > ATOL_CHANGE
+
+
+def ask(processor, *clips, question: str = "what do you hear?") -> str:
+    return "".join(processor.audio_token for _ in clips) + f" {question}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad input (design.md §6)
+# ----------------------------------------------------------------------------------------------------------------------
+
+BAD_CLIPS = {
+    "empty": (np.zeros(0, dtype=np.float32), "empty"),
+    "nan": (np.array([0.0, np.nan, 0.1] * 100, dtype=np.float32), "NaN or infinite"),
+    "inf": (np.array([0.0, np.inf, 0.1] * 100, dtype=np.float32), "NaN or infinite"),
+    "strings": (np.array(["a", "b"]), "numeric"),
+    "objects": (np.array([object(), object()]), "numeric"),
+    "rank 3": (np.zeros((2, 2, 100), dtype=np.float32), "1-D .mono. or 2-D"),
+    "no channel axis": (np.zeros((100, 100), dtype=np.float32), "channel axis"),
+    "dict without audio": ({"foo": 1}, "none of 'array', 'bytes' or 'path'"),
+    "undecodable bytes": (b"not a wav file at all", "cannot decode"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_CLIPS)
+def test_bad_audio_raises_naming_the_problem(name, pal):
+    _, processor = pal()
+    clip, message = BAD_CLIPS[name]
+    with pytest.raises(ValueError, match=message) as error:
+        processor(text=ask(processor, clip), audio=[clip])
+    assert "prompt 0, clip 0" in str(error.value)
+
+
+def test_missing_file_raises(pal, tmp_path):
+    _, processor = pal()
+    with pytest.raises(FileNotFoundError, match="nope.wav"):
+        processor(text=ask(processor, 1), audio=str(tmp_path / "nope.wav"))
+
+
+@pytest.mark.parametrize(
+    "texts,audio,counts",
+    [
+        (["{a}{a} two clips"], [noise(1, 0)], (2, 1)),
+        (["{a} one clip"], [noise(1, 0), noise(1, 1)], (1, 2)),
+        (["no clip"], [noise(1, 0)], (0, 1)),
+        (["{a} one", "{a}{a} two"], [[noise(1, 0)], [noise(1, 1)]], (2, 1)),
+        (["{a} one"], None, (1, 0)),
+    ],
+)
+def test_clip_count_mismatch_names_both_counts(texts, audio, counts, pal):
+    _, processor = pal()
+    texts = [text.format(a=processor.audio_token) for text in texts]
+    pattern = rf"\b{counts[0]} {re.escape(processor.audio_token)} tokens but {counts[1]} audio clips"
+    with pytest.raises(ValueError, match=pattern):
+        processor(text=texts, audio=audio)
+
+
+def test_longer_than_max_audio_seconds_raises(pal):
+    _, processor = pal()
+    with pytest.raises(ValueError, match=r"601\.0 s long, more than max_audio_seconds=600"):
+        processor(text=ask(processor, 1), audio=np.zeros(601 * RATE, dtype=np.float32))
+
+
+def test_unknown_encoder_type_raises(pal):
+    _, processor = pal()
+    settings = [{**processor.audio_encoders[0], "model_type": "bark"}]
+    with pytest.raises(ValueError, match="Unsupported audio encoder type 'bark'"):
+        PalProcessor(processor.tokenizer, processor.feature_extractor, audio_encoders=settings)
+
+
+def test_truncation_into_audio_tokens_raises(pal):
+    _, processor = pal("llama", "plits")
+    with pytest.raises(ValueError, match="audio_placeholder"):
+        processor(text=ask(processor, 1), audio=noise(1, 0), truncation=True, max_length=8)
+
+
+def test_multichannel_is_downmixed(pal):
+    _, processor = pal()
+    mono = noise(1.5, 3)
+    expected = processor(text=ask(processor, 1), audio=mono)["audio_features_0"]
+    for stereo in (np.stack([mono, mono]), np.stack([mono, mono], axis=1)):
+        features = processor(text=ask(processor, 1), audio=stereo)["audio_features_0"]
+        torch.testing.assert_close(features, expected, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Nothing is lost: every window, every clip, the right rate
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("integration", ("lal", "plits"))
+def test_no_window_is_dropped(encoder, integration, pal):
+    model, processor = pal("llama", integration)
+    clip = noise(7.0, 4)  # 4 windows of the tiny 2 s encoder
+    late, early = clip.copy(), clip.copy()
+    late[-RATE:] = 0.0  # inside the last window only
+    early[:RATE] = 0.0  # control: inside the first window
+    inputs = processor(text=ask(processor, 1), audio=clip)
+    assert inputs["audio_features_0"].shape[1] == 4
+    assert inputs["audio_window_clip_0"].tolist() == [[0, 0, 0, 0]]
+    reference = last_logits(model, inputs)
+    assert changes(last_logits(model, processor(text=ask(processor, 1), audio=late)), reference)
+    assert changes(last_logits(model, processor(text=ask(processor, 1), audio=early)), reference)
+
+
+def test_sampling_rate_is_honoured(pal):
+    model, processor = pal()
+    text = ask(processor, 1)
+    reference = last_logits(model, processor(text=text, audio=tones(3.0, RATE)))
+    at_8k = last_logits(model, processor(text=text, audio=tones(3.0, 8000), sampling_rate=8000))
+    taken_as_16k = last_logits(model, processor(text=text, audio=tones(3.0, 8000)))
+    assert (at_8k - reference).abs().max() < (taken_as_16k - reference).abs().max()
+
+
+def test_file_is_decoded_at_its_own_rate(pal, tmp_path):
+    _, processor = pal()
+    signal = tones(2.5, 44100)
+    soundfile.write(tmp_path / "tones.wav", signal, 44100, subtype="FLOAT")
+    from_file = processor(text=ask(processor, 1), audio=str(tmp_path / "tones.wav"))
+    from_array = processor(text=ask(processor, 1), audio=resample(signal, 44100, RATE))
+    torch.testing.assert_close(from_file["audio_features_0"], from_array["audio_features_0"], rtol=0, atol=1e-4)
+    assert torch.equal(from_file["input_ids"], from_array["input_ids"])
+
+
+def test_ten_minutes_cost_one_lal_position_and_its_end_counts(pal):
+    model, processor = pal()
+    long_clip = noise(600.0, 7)
+    changed = long_clip.copy()
+    changed[-10 * RATE :] = 0.0  # the last 10 s (5 of 300 windows)
+    long_inputs = processor(text=ask(processor, 1), audio=long_clip)
+    short_inputs = processor(text=ask(processor, 1), audio=noise(2.0, 9))
+    assert long_inputs["input_ids"].shape == short_inputs["input_ids"].shape
+    assert long_inputs["audio_features_0"].shape[1] == 300
+    assert changes(
+        last_logits(model, long_inputs), last_logits(model, processor(text=ask(processor, 1), audio=changed))
+    )
+
+
+@pytest.mark.parametrize("integration", ("lal", "plits"))
+def test_two_clips_in_one_prompt(integration, pal):
+    model, processor = pal("llama", integration)
+    first, second, silence = noise(1.5, 10) * 5, tones(1.5, RATE), np.zeros(int(1.5 * RATE), dtype=np.float32)
+    text = f"first {processor.audio_token} then {processor.audio_token} which is louder?"
+    reference = last_logits(model, processor(text=text, audio=[first, second]))
+    for audio in ([silence, second], [first, silence], [second, first]):
+        assert changes(last_logits(model, processor(text=text, audio=audio)), reference)
+    one = processor(text=ask(processor, 1), audio=first)["input_ids"]
+    two = processor(text=ask(processor, 1, 2), audio=[first, second])["input_ids"]
+    for token_id in (processor.audio_token_id, processor.audio_placeholder_token_id):
+        assert (two == token_id).sum() == 2 * (one == token_id).sum()
+
+
+def test_causal_visibility_hides_a_later_turns_clip(pal):
+    model, processor = pal("llama", "lal")
+    assert model.config.lal_audio_visibility == "causal"
+
+    def chat(second_clip):
+        return [
+            {"role": "user", "content": [{"type": "audio", "audio": noise(1.0, 14)}, {"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": "a dog"},
+            {"role": "user", "content": [{"type": "audio", "audio": second_clip}, {"type": "text", "text": "and?"}]},
+        ]
+
+    a = processor.apply_chat_template(chat(noise(1.0, 15)), tokenize=True, return_dict=True)
+    b = processor.apply_chat_template(chat(noise(1.0, 16)), tokenize=True, return_dict=True)
+    second_marker = (a["input_ids"][0] == processor.audio_token_id).nonzero()[1].item()
+    with torch.no_grad():
+        logits_a, logits_b = model(**a).logits[0], model(**b).logits[0]
+    torch.testing.assert_close(logits_a[:second_marker], logits_b[:second_marker], rtol=0, atol=1e-6)
+    assert changes(logits_a[-1], logits_b[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Batching, chat and text forms, save / load
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family,integration", [("llama", "lal"), ("llama", "plits"), ("qwen2", "hybrid")])
+def test_batch_equals_single_samples(family, integration, pal):
+    model, processor = pal(family, integration)
+    samples = [
+        (ask(processor, 1), [noise(4.5, 20)]),
+        ("no audio in this one, just a question?", []),
+        (f"a {processor.audio_token} b {processor.audio_token} c", [noise(0.7, 21), noise(2.2, 22)]),
+    ]
+    batch = processor(text=[text for text, _ in samples], audio=[clips for _, clips in samples])
+    assert batch["audio_window_clip_0"].tolist() == [[0, 0, 0], [-1, -1, -1], [0, 1, 1]]
+    assert (batch["attention_mask"][:, -1] == 1).all()  # left padding
+    assert processor.tokenizer.pad_token == {"llama": "<|finetune_right_pad_id|>", "qwen2": "<|endoftext|>"}[family]
+    batched = last_logits(model, batch)
+    for row, (text, clips) in enumerate(samples):
+        single = last_logits(model, processor(text=text, audio=clips or None))
+        torch.testing.assert_close(batched[row], single[0], rtol=0, atol=1e-5)
+
+
+def test_flat_and_nested_audio_agree(pal):
+    _, processor = pal("llama", "plits")
+    texts = [ask(processor, 1), "text only", ask(processor, 1, 2)]
+    clips = [noise(1.0, 23), noise(2.5, 24), noise(0.3, 25)]
+    flat = processor(text=texts, audio=clips)
+    nested = processor(text=texts, audio=[[clips[0]], [], clips[1:]])
+    assert flat.keys() == nested.keys()
+    assert all(torch.equal(flat[key], nested[key]) for key in flat)
+
+
+def test_chat_and_text_forms_agree_and_keep_the_llm_template(pal, tmp_path):
+    _, processor = pal("llama", "hybrid")
+    soundfile.write(tmp_path / "clip.wav", noise(1.2, 26), RATE)
+    array = noise(0.8, 27)
+    chat = [
+        {"role": "system", "content": "be brief"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "compare "},
+                {"type": "audio", "path": str(tmp_path / "clip.wav")},
+                {"type": "text", "text": " with "},
+                {"type": "audio", "audio": array},
+            ],
+        },
+    ]
+    rendered = processor.apply_chat_template(chat, add_generation_prompt=True)
+    text_only = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "compare X with X"}]
+    original = processor.tokenizer.apply_chat_template(text_only, tokenize=False, add_generation_prompt=True)
+    assert rendered == original.replace("X", processor.audio_token)
+    from_chat = processor.apply_chat_template(chat, tokenize=True, return_dict=True, add_generation_prompt=True)
+    from_text = processor(text=rendered, audio=[str(tmp_path / "clip.wav"), array], add_special_tokens=False)
+    assert from_chat.keys() == from_text.keys()
+    assert all(torch.equal(from_chat[key], from_text[key]) for key in from_chat)
+
+
+def test_chat_url_audio_equals_the_file(pal, tmp_path):
+    _, processor = pal()
+    soundfile.write(tmp_path / "clip.wav", tones(1.5, 22050), 22050)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.wav"
+        chat = [{"role": "user", "content": [{"type": "audio", "url": url}, {"type": "text", "text": "?"}]}]
+        from_url = processor.apply_chat_template(chat, tokenize=True, return_dict=True)
+        server.shutdown()
+    from_path = processor(text=ask(processor, 1), audio=str(tmp_path / "clip.wav"))
+    assert torch.equal(from_url["audio_features_0"], from_path["audio_features_0"])
+
+
+def test_chat_arrays_take_the_given_sampling_rate(pal):
+    _, processor = pal()
+    chat = [{"role": "user", "content": [{"type": "audio", "audio": tones(1.0, 8000)}, {"type": "text", "text": "?"}]}]
+    inputs = processor.apply_chat_template(
+        chat, tokenize=True, return_dict=True, processor_kwargs={"sampling_rate": 8000}
+    )
+    expected = processor(text=ask(processor, 1), audio=tones(1.0, 8000), sampling_rate=8000)
+    assert torch.equal(inputs["audio_features_0"], expected["audio_features_0"])
+
+
+def test_transcription_request(pal):
+    model, processor = pal("llama", "plits")
+    clips = [noise(1.0, 28), noise(3.0, 29)]
+    inputs = processor.apply_transcription_request(clips, language="English")
+    request = f"{processor.transcription_prompt} Language: English."
+    chats = [
+        [{"role": "user", "content": [{"type": "audio", "audio": c}, {"type": "text", "text": request}]}]
+        for c in clips
+    ]
+    expected = processor.apply_chat_template(chats, tokenize=True, return_dict=True, add_generation_prompt=True)
+    assert all(torch.equal(inputs[key], expected[key]) for key in expected)
+    assert inputs["audio_window_clip_0"].tolist() == [[0, -1], [0, 0]]
+    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert len(processor.post_process_multimodal_output(generated)) == 2
+
+
+def test_save_load_roundtrip(pal, tmp_path):
+    _, processor = pal("qwen2", "hybrid")
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is PalProcessor and loaded.chat_template == processor.chat_template
+    saved_settings = {key: value for key, value in processor.to_dict().items() if key != "auto_map"}
+    assert loaded.to_dict() == saved_settings
+    assert loaded.tokenizer.padding_side == "left" and loaded.feature_extractor_1 is None
+    chat = [{"role": "user", "content": [{"type": "audio", "audio": noise(2.5, 30)}, {"type": "text", "text": "?"}]}]
+    expected = processor.apply_chat_template(chat, tokenize=True, return_dict=True)
+    actual = loaded.apply_chat_template(chat, tokenize=True, return_dict=True)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def test_token_id_mismatch_raises(pal, tiny_llm_dir, tiny_whisper_dir):
+    model, processor = pal("qwen2", "lal")
+    assert processor.audio_token_id == model.config.audio_token_id
+    assert processor.audio_placeholder_token_id == model.config.audio_placeholder_token_id
+    config = copy.deepcopy(model.config)
+    config.audio_token_id += 1
+    with pytest.raises(ValueError, match="model config says"):
+        PalProcessor.from_components(tiny_llm_dir("qwen2"), {"whisper": tiny_whisper_dir}, config=config)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# docs/processing.md: every python block runs, with each Hub id mapped to a tiny local checkpoint
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_docs_examples_run(tiny_llm_dir, tiny_whisper_dir, tmp_path, monkeypatch):
+    hub_ids = {"meta-llama/Llama-3.2-1B-Instruct": tiny_llm_dir("llama"), "openai/whisper-large-v3": tiny_whisper_dir}
+    source = DOCS.read_text(encoding="utf-8")
+    for hub_id, local in hub_ids.items():
+        assert hub_id in source
+        source = source.replace(f'"{hub_id}"', repr(local))
+    blocks = re.findall(r"```python\n(.*?)```", source, flags=re.DOTALL)
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, str(DOCS), "exec"), namespace)
