@@ -10,6 +10,9 @@ MAX_AUDIO_ENCODERS = 4
 INTEGRATIONS = ("plits", "lal", "hybrid")
 PROJECTORS = ("mlp", "linear", "qformer")
 WHISPER_FAMILY = ("whisper",)
+CLAP_FAMILY = ("clap_audio_model",)
+AST_FAMILY = ("audio-spectrogram-transformer",)
+WAVEFORM_FAMILY = ("wav2vec2", "hubert", "data2vec-audio")
 ENCODER_SETTING_KEYS = ("name", "integration", "projector", "downsample", "layer")
 
 
@@ -26,15 +29,67 @@ def default_encoder_settings(name: str, model_type: str, integration: str) -> di
     return {"name": name, "integration": integration, **defaults, "layer": -1}
 
 
-def num_encoder_tokens(audio_config: PreTrainedConfig, num_valid_features):
+def clap_token_grid(audio_config: PreTrainedConfig) -> tuple[int, int]:
     """
-    Valid encoder tokens of one window from its count of valid feature frames (works on ints and integer tensors).
+    `(frequency_bins, time_tokens)` of a CLAP (HTSAT) window's output: `(2, 32)` at real size. HTSAT lays the window's
+    `freq_ratio` time chunks on top of each other, so its final `spec_size / (patch_stride · 2^(stages-1))` rows hold
+    `freq_ratio` chunks × `frequency_bins`.
+    """
+    stride = audio_config.patch_stride
+    freq_stride, time_stride = (stride, stride) if isinstance(stride, int) else stride
+    scale = 2 ** (len(audio_config.depths) - 1)
+    freq_ratio = audio_config.spec_size // audio_config.num_mel_bins
+    rows = audio_config.spec_size // scale // freq_stride
+    return rows // freq_ratio, freq_ratio * (audio_config.spec_size // scale // time_stride)
 
-    Whisper halves mel frames with a stride-2 convolution (50 Hz tokens); other families are added by their adapters.
+
+def ast_patch_grid(audio_config: PreTrainedConfig) -> tuple[int, int]:
+    """`(frequency_patches, time_patches)` of an AST window: `(12, 101)` at real size."""
+    patch = audio_config.patch_size
+    return (
+        (audio_config.num_mel_bins - patch) // audio_config.frequency_stride + 1,
+        (audio_config.max_length - patch) // audio_config.time_stride + 1,
+    )
+
+
+def _clip(values, low: int | None = None, high: int | None = None):
+    """Elementwise clipping of an int, a numpy array or a torch tensor."""
+    if hasattr(values, "clip"):
+        return values.clip(min=low, max=high)
+    values = values if low is None else max(values, low)
+    return values if high is None else min(values, high)
+
+
+def num_encoder_tokens(audio_config: PreTrainedConfig, num_valid_features, num_window_features: int | None = None):
     """
-    if audio_config.model_type in WHISPER_FAMILY:
+    Valid encoder tokens of one window from its count of valid feature frames (ints, numpy arrays or integer tensors).
+    A window's valid features are a prefix of it; the processor's `audio_feature_mask_{k}` marks them.
+
+    - Whisper (mel frames): a stride-2 convolution gives 50 Hz tokens; `ceil(valid / 2)`.
+    - CLAP (mel frames of the CLAP feature extractor; `num_window_features` = frames per window, e.g. 1001): the
+      `time_tokens` of `clap_token_grid` evenly cover the window, and a token is valid when it starts on a valid frame:
+      `ceil(valid × time_tokens / num_window_features)`.
+    - AST (filterbank frames): one token per patch column, `time_stride` frames apart, valid when it starts on a valid
+      frame: `ceil(valid / time_stride)`, at most the grid's time patches.
+    - wav2vec2 / HuBERT / data2vec-audio (waveform samples): the feature encoder runs on the valid samples only, so the
+      tokens are its convolutions' output length, `floor((length - kernel) / stride) + 1` per layer (0 when too short).
+    """
+    model_type = audio_config.model_type
+    if model_type in WHISPER_FAMILY:
         return (num_valid_features + 1) // 2
-    raise ValueError(f"Unsupported audio encoder type {audio_config.model_type!r}")
+    if model_type in CLAP_FAMILY:
+        if num_window_features is None:
+            raise ValueError("CLAP token counts need num_window_features, the mel frames of a whole window")
+        time_tokens = clap_token_grid(audio_config)[1]
+        return -(-num_valid_features * time_tokens // num_window_features)
+    if model_type in AST_FAMILY:
+        return _clip(-(-num_valid_features // audio_config.time_stride), high=ast_patch_grid(audio_config)[1])
+    if model_type in WAVEFORM_FAMILY:
+        length = num_valid_features
+        for kernel, stride in zip(audio_config.conv_kernel, audio_config.conv_stride):
+            length = (length - kernel) // stride + 1
+        return _clip(length, low=0)
+    raise ValueError(f"Unsupported audio encoder type {model_type!r}")
 
 
 def num_plits_tokens(settings: dict, num_encoder_tokens_in_window, num_summary_tokens: int):
@@ -65,13 +120,14 @@ class PalConfig(PreTrainedConfig):
         text_config (`dict` or `PreTrainedConfig`, *optional*):
             Config of the decoder LLM (`llama`, `qwen2`, `qwen3` or `mistral`). Defaults to a `LlamaConfig`.
         audio_config_0 … audio_config_3 (`dict` or `PreTrainedConfig`, *optional*):
-            Config of the audio encoder in slot k (a full `WhisperConfig`, a `ClapAudioConfig`, an `ASTConfig`, or a
-            wav2vec2 / HuBERT / data2vec-audio config). Slots are filled in order, without gaps.
+            Config of the audio encoder in slot k (a full `WhisperConfig`, a `ClapAudioConfig` without fusion, an
+            `ASTConfig`, or a wav2vec2 / HuBERT / data2vec-audio config without adapter). Slots are filled in order,
+            without gaps.
         audio_encoders (`list[dict]`, *optional*):
             One entry per filled slot, in slot order, with keys `name` (unique, e.g. `"whisper"`), `integration`
             (`"plits"`, `"lal"` or `"hybrid"`), `projector` (`"mlp"`, `"linear"` or `"qformer"`; the PLITS
             projector), `downsample` (frames stacked per PLITS token) and `layer` (which encoder hidden state to
-            use, -1 for the last). Missing keys take the defaults of `default_encoder_settings`.
+            use, -1 for the last; CLAP takes -1 only). Missing keys take the defaults of `default_encoder_settings`.
         lal_start_layer (`int`, *optional*):
             First decoder layer that receives LAL audio; every later layer receives it too. Defaults to 4 for LLMs
             of 16 layers or more, else `num_hidden_layers // 4`. Only meaningful when an encoder uses LAL.
@@ -191,16 +247,16 @@ class PalConfig(PreTrainedConfig):
                 raise ValueError(
                     f"audio_encoders[{k}] has unknown keys {sorted(unknown)}; known: {ENCODER_SETTING_KEYS}"
                 )
-            model_type = getattr(self, f"audio_config_{k}").model_type
-            name = entry.get("name", model_type)
-            base = default_encoder_settings(name, model_type, entry.get("integration", "plits"))
-            resolved.append(self._validate_encoder_entry(k, {**base, **entry, "name": name}))
+            audio_config = getattr(self, f"audio_config_{k}")
+            name = entry.get("name", audio_config.model_type)
+            base = default_encoder_settings(name, audio_config.model_type, entry.get("integration", "plits"))
+            resolved.append(self._validate_encoder_entry(k, {**base, **entry, "name": name}, audio_config))
         names = [entry["name"] for entry in resolved]
         if len(set(names)) != len(names):
             raise ValueError(f"audio_encoders names must be unique, got {names}")
         return resolved
 
-    def _validate_encoder_entry(self, k: int, entry: dict) -> dict:
+    def _validate_encoder_entry(self, k: int, entry: dict, audio_config: PreTrainedConfig) -> dict:
         if entry["projector"] not in PROJECTORS:
             raise ValueError(f"audio_encoders[{k}].projector must be one of {PROJECTORS}, got {entry['projector']!r}")
         if entry["integration"] == "hybrid" and entry["projector"] != "qformer":
@@ -209,6 +265,14 @@ class PalConfig(PreTrainedConfig):
             raise ValueError(f"audio_encoders[{k}].downsample must be a positive int, got {entry['downsample']!r}")
         if not isinstance(entry["layer"], int):
             raise ValueError(f"audio_encoders[{k}].layer must be an int, got {entry['layer']!r}")
+        if audio_config.model_type in CLAP_FAMILY and entry["layer"] != -1:
+            raise ValueError(f"audio_encoders[{k}].layer must be -1 for CLAP (its stages differ in shape)")
+        if audio_config.model_type in CLAP_FAMILY and audio_config.enable_fusion:
+            raise ValueError(
+                f"audio_config_{k}: PAL uses CLAP without fusion (enable_fusion=False, e.g. laion/clap-htsat-unfused)"
+            )
+        if getattr(audio_config, "add_adapter", False):
+            raise ValueError(f"audio_config_{k}: wav2vec2-style encoders with add_adapter=True are not supported")
         return entry
 
     def _resolve_lal_layers(self) -> list[int]:

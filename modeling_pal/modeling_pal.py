@@ -9,8 +9,11 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer import ASTModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
+from transformers.models.clap.modeling_clap import ClapAudioModel, ClapModel
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,
     apply_rotary_pos_emb,
@@ -23,7 +26,16 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import logging
 
-from .configuration_pal import PalConfig, num_encoder_tokens
+from .configuration_pal import (
+    AST_FAMILY,
+    CLAP_FAMILY,
+    WAVEFORM_FAMILY,
+    WHISPER_FAMILY,
+    PalConfig,
+    ast_patch_grid,
+    clap_token_grid,
+    num_encoder_tokens,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -47,7 +59,7 @@ class PalAudioFeatures(ModelOutput):
 
     Args:
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_windows, tokens_per_window, encoder_width)`):
-            Time-major encoder tokens per window (zeros for padding windows and padded frames).
+            Time-major encoder tokens per window in the LLM's dtype (zeros for padding windows).
         audio_mask (`torch.BoolTensor` of shape `(batch_size, num_windows, tokens_per_window)`):
             Which tokens hold real audio.
         window_clip (`torch.LongTensor` of shape `(batch_size, num_windows)`):
@@ -78,36 +90,130 @@ class PalCausalLMOutputWithPast(CausalLMOutputWithPast):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class WhisperAdapter:
-    """Whisper encoder: 2× conv downsampling of mel frames, 50 Hz tokens; the window's padding frames are dropped."""
+def _hidden_state(encoder: nn.Module, inputs: torch.Tensor, layer: int) -> torch.Tensor:
+    """The encoder's last hidden state (`layer=-1`) or its `hidden_states[layer]`."""
+    output = encoder(inputs, output_hidden_states=layer != -1)
+    return output.last_hidden_state if layer == -1 else output.hidden_states[layer]
 
-    model_type = "whisper"
-    input_name = "input_features"
+
+class WhisperAdapter:
+    """Whisper encoder (from a full Whisper checkpoint): mel features `(N, mel_bins, frames)` → 50 Hz tokens."""
+
+    model_types = WHISPER_FAMILY
+    frame_axis = -1
 
     @staticmethod
-    def build(config) -> nn.Module:
-        return WhisperEncoder(config)
+    def model_class(config) -> type[PreTrainedModel]:
+        return WhisperEncoder
+
+    @staticmethod
+    def load(path: str, **kwargs) -> nn.Module:
+        return AutoModel.from_pretrained(path, **kwargs).get_encoder()
 
     @staticmethod
     def width(config) -> int:
         return config.d_model
 
     @staticmethod
-    def tokens_per_window(config) -> int:
-        return config.max_source_positions
+    def encode(encoder: nn.Module, features: torch.Tensor, lengths: torch.Tensor, layer: int) -> torch.Tensor:
+        """`(N, mel_bins, frames)` → `(N, max_source_positions, d_model)`."""
+        return _hidden_state(encoder, features, layer)
+
+
+class ClapAdapter:
+    """
+    CLAP's HTSAT audio tower (from a full `ClapModel` checkpoint, without fusion): mel features `(N, 1, frames, mels)`
+    → its channels-first `(N, C, frequency_bins, time)` output with frequency folded into channels, 32 tokens of
+    `2 × 768` per window at real size. Windows are zero-padded; the mask marks the padding tokens.
+    """
+
+    model_types = CLAP_FAMILY
+    frame_axis = -2
 
     @staticmethod
-    def encode(encoder: nn.Module, features: torch.Tensor, feature_mask: torch.Tensor | None, layer: int):
-        """`(N, mel_bins, frames)` → tokens `(N, max_source_positions, d_model)`, valid `(N, max_source_positions)`."""
-        output = encoder(features, output_hidden_states=layer != -1, return_dict=True)
-        tokens = output.last_hidden_state if layer == -1 else output.hidden_states[layer]
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        if feature_mask is None:
-            return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return tokens, positions[None, :] < num_encoder_tokens(encoder.config, feature_mask.sum(-1))[:, None]
+    def model_class(config) -> type[PreTrainedModel]:
+        return ClapAudioModel
+
+    @staticmethod
+    def load(path: str, **kwargs) -> nn.Module:
+        return ClapModel.from_pretrained(path, **kwargs).audio_model
+
+    @staticmethod
+    def width(config) -> int:
+        channels = config.patch_embeds_hidden_size * 2 ** (len(config.depths) - 1)
+        return channels * clap_token_grid(config)[0]
+
+    @staticmethod
+    def encode(encoder: nn.Module, features: torch.Tensor, lengths: torch.Tensor, layer: int) -> torch.Tensor:
+        """`(N, 1, frames, mels)` → `(N, time_tokens, frequency_bins × C)`."""
+        return _hidden_state(encoder, features, layer).permute(0, 3, 2, 1).flatten(2)
 
 
-AUDIO_ENCODER_ADAPTERS = {adapter.model_type: adapter for adapter in (WhisperAdapter,)}
+class AstAdapter:
+    """AST (from `ASTModel` or `ASTForAudioClassification`): CLS and distillation tokens dropped, frequency pooled."""
+
+    model_types = AST_FAMILY
+    frame_axis = -2
+
+    @staticmethod
+    def model_class(config) -> type[PreTrainedModel]:
+        return ASTModel
+
+    @staticmethod
+    def load(path: str, **kwargs) -> nn.Module:
+        return AutoModel.from_pretrained(path, **kwargs)
+
+    @staticmethod
+    def width(config) -> int:
+        return config.hidden_size
+
+    @staticmethod
+    def encode(encoder: nn.Module, features: torch.Tensor, lengths: torch.Tensor, layer: int) -> torch.Tensor:
+        """`(N, frames, mel_bins)` → patch grid `(N, freq, time, C)` → frequency mean `(N, time_patches, C)`."""
+        patches = _hidden_state(encoder, features, layer)[:, 2:]
+        return patches.unflatten(1, ast_patch_grid(encoder.config)).mean(1)
+
+
+class WaveformAdapter:
+    """
+    wav2vec2 / HuBERT / data2vec-audio (base or CTC checkpoints): waveforms `(N, samples)`. Each window runs trimmed to
+    its valid samples (windows of equal length together), so padding never reaches the encoder. Frozen towers stay in
+    eval mode, so SpecAugment and layerdrop never apply.
+    """
+
+    model_types = WAVEFORM_FAMILY
+    frame_axis = -1
+
+    @staticmethod
+    def model_class(config) -> type[PreTrainedModel]:
+        return MODEL_MAPPING[type(config)]
+
+    @staticmethod
+    def load(path: str, **kwargs) -> nn.Module:
+        return AutoModel.from_pretrained(path, **kwargs)
+
+    @staticmethod
+    def width(config) -> int:
+        return config.hidden_size
+
+    @staticmethod
+    def encode(encoder: nn.Module, features: torch.Tensor, lengths: torch.Tensor, layer: int) -> torch.Tensor:
+        """`(N, samples)` with `lengths` valid samples each → `(N, tokens of a full window, hidden_size)`."""
+        config = encoder.config
+        tokens = features.new_zeros(len(features), num_encoder_tokens(config, features.shape[-1]), config.hidden_size)
+        for length in lengths.unique().tolist():
+            if num_encoder_tokens(config, length) > 0:
+                rows = lengths == length
+                hidden = _hidden_state(encoder, features[rows, :length], layer)
+                tokens[rows, : hidden.shape[1]] = hidden
+        return tokens
+
+
+AUDIO_ENCODER_ADAPTERS = {
+    model_type: adapter
+    for adapter in (WhisperAdapter, ClapAdapter, AstAdapter, WaveformAdapter)
+    for model_type in adapter.model_types
+}
 
 
 def audio_encoder_adapter(config) -> type:
@@ -118,6 +224,25 @@ def audio_encoder_adapter(config) -> type:
             f"Unsupported audio encoder type {config.model_type!r}; supported: {sorted(AUDIO_ENCODER_ADAPTERS)}"
         )
     return adapter
+
+
+def supports_attention(model: PreTrainedModel | type[PreTrainedModel], attn_implementation: str) -> bool:
+    """Whether an encoder (class or instance) implements `attn_implementation`; hub kernels count as unsupported."""
+    return {
+        "eager": True,
+        "sdpa": model._supports_sdpa,
+        "flash_attention_2": model._supports_flash_attn,
+        "flex_attention": model._supports_flex_attn,
+    }.get(attn_implementation, False)
+
+
+def build_audio_tower(config) -> PreTrainedModel:
+    """The encoder of `config`; a requested attention implementation it lacks falls back to eager (CLAP has no SDPA)."""
+    model_class = audio_encoder_adapter(config).model_class(config)
+    requested = config._attn_implementation
+    if requested is not None and not supports_attention(model_class, requested):
+        config._attn_implementation = "eager"
+    return model_class(config)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -401,6 +526,13 @@ class PalPreTrainedModel(PreTrainedModel):
         "Qwen2DecoderLayer",
         "Qwen3DecoderLayer",
         "WhisperEncoderLayer",
+        "ClapAudioStage",
+        "ASTLayer",
+        "Wav2Vec2EncoderLayer",
+        "Wav2Vec2EncoderLayerStableLayerNorm",
+        "HubertEncoderLayer",
+        "HubertEncoderLayerStableLayerNorm",
+        "Data2VecAudioEncoderLayer",
     ]
     _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
@@ -417,6 +549,15 @@ class PalPreTrainedModel(PreTrainedModel):
             "AutoModelForMultimodalLM": "modeling_pal.PalForConditionalGeneration",
         }
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def set_attn_implementation(self, attn_implementation: str | dict, allow_all_kernels: bool = False):
+        """A string applies to the LLM and to every encoder that supports it; the others use eager (CLAP: no SDPA)."""
+        if isinstance(attn_implementation, str):
+            towers = self.base_model.audio_towers
+            attn_implementation = _attention_per_submodel(
+                towers, attn_implementation, [attn_implementation] * len(towers)
+            )
+        return super().set_attn_implementation(attn_implementation, allow_all_kernels=allow_all_kernels)
 
     def _init_weights(self, module):
         std = self.config.text_config.initializer_range
@@ -449,7 +590,7 @@ class PalModel(PalPreTrainedModel):
         for sub_config in (text_config, *config.audio_configs):
             sub_config.dtype = sub_config.dtype or config.dtype
         self.language_model = AutoModel.from_config(text_config)
-        self.audio_towers = nn.ModuleList([audio_encoder_adapter(cfg).build(cfg) for cfg in config.audio_configs])
+        self.audio_towers = nn.ModuleList([build_audio_tower(audio_config) for audio_config in config.audio_configs])
         self.audio_towers.requires_grad_(False)
         self.plits_projectors = nn.ModuleDict()
         self.lal_projectors = nn.ModuleDict()
@@ -532,12 +673,20 @@ class PalModel(PalPreTrainedModel):
         if audio_window_clip is None:
             audio_window_clip = torch.zeros(batch, num_windows, dtype=torch.long, device=audio_features.device)
         present = audio_window_clip >= 0
-        flat_mask = audio_feature_mask[present] if audio_feature_mask is not None else None
+        features = audio_features[present].to(tower.device, tower.dtype)
+        window_length = features.shape[adapter.frame_axis]
+        lengths = (
+            audio_feature_mask[present].sum(-1).to(tower.device)
+            if audio_feature_mask is not None
+            else torch.full((len(features),), window_length, device=tower.device)
+        )
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
-            tokens, valid = adapter.encode(tower, audio_features[present], flat_mask, settings["layer"])
-        hidden = tokens.new_zeros(batch, num_windows, *tokens.shape[1:])
+            tokens = adapter.encode(tower, features, lengths, settings["layer"])
+        num_valid = num_encoder_tokens(tower.config, lengths, window_length)
+        valid = torch.arange(tokens.shape[1], device=tokens.device) < num_valid[:, None]
+        hidden = tokens.new_zeros(batch, num_windows, *tokens.shape[1:], dtype=self.language_model.dtype)
         mask = valid.new_zeros(batch, num_windows, valid.shape[1])
-        hidden[present], mask[present] = tokens, valid
+        hidden[present], mask[present] = tokens.to(hidden.dtype), valid
         return PalAudioFeatures(last_hidden_state=hidden, audio_mask=mask, window_clip=audio_window_clip)
 
     def encode_audio(self, **audio_inputs) -> dict[str, PalAudioFeatures]:
@@ -868,8 +1017,9 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
                 per-encoder dict.
             audio_encoder_settings: per encoder name: `integration`, `projector`, `downsample`, `layer`, and the
                 loading options `dtype`, `attn_implementation`, `device_map`, `revision` for that encoder.
-            dtype, attn_implementation, revision, trust_remote_code: passed to every component's `from_pretrained`
-                (an encoder's own settings win); `device_map` places the composed model.
+            dtype, revision, trust_remote_code: passed to every component's `from_pretrained` (an encoder's own
+                settings win); `device_map` places the composed model.
+            attn_implementation: for the LLM and, where they support it, the encoders (else eager: CLAP has no SDPA).
             output_loading_info: also return `{"new_modules": [...], "added_tokens": [...]}`.
             config_overrides: any `PalConfig` field, e.g. `lal_start_layer=4` or `lal_layers=[...]`.
         """
@@ -878,12 +1028,13 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
         if not 1 <= len(audio_encoders) <= MAX_SLOTS:
             raise ValueError(f"PAL takes 1 to {MAX_SLOTS} audio encoders, got {len(audio_encoders)}")
         shared = {"revision": revision, "trust_remote_code": trust_remote_code}
-        loading = {**shared, "dtype": dtype, "attn_implementation": attn_implementation}
         tokenizer = AutoTokenizer.from_pretrained(text_model, **shared)
-        llm = AutoModelForCausalLM.from_pretrained(text_model, **loading)
-        settings = audio_encoder_settings or {}
+        llm = AutoModelForCausalLM.from_pretrained(
+            text_model, dtype=dtype, attn_implementation=attn_implementation, **shared
+        )
+        settings = {name: (audio_encoder_settings or {}).get(name, {}) for name in audio_encoders}
         encoders = {
-            name: load_audio_encoder(path, **{**loading, **_loading_options(settings.get(name, {}))})
+            name: load_audio_encoder(path, **{**shared, "dtype": dtype, **_loading_options(settings[name])})
             for name, path in audio_encoders.items()
         }
         integrations = resolve_integrations(
@@ -894,7 +1045,7 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
             text_config=llm.config,
             **{f"audio_config_{k}": encoder.config for k, encoder in enumerate(encoders.values())},
             audio_encoders=[
-                {"name": name, "integration": integrations[name], **_architecture_options(settings.get(name, {}))}
+                {"name": name, "integration": integrations[name], **_architecture_options(settings[name])}
                 for name in encoders
             ],
             **config_overrides,
@@ -902,8 +1053,11 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
         model = cls(config).to(llm.dtype)
         new_modules = model._load_components(llm, list(encoders.values()), len(tokenizer))
         model.generation_config = copy_generation_config(llm, model.config)
-        if attn_implementation is not None:
-            model.set_attn_implementation(_attention_per_submodel(model, attn_implementation))
+        attention = [settings[name].get("attn_implementation", attn_implementation) for name in encoders]
+        if attn_implementation is not None or any(attention):
+            model.set_attn_implementation(
+                _attention_per_submodel(model.model.audio_towers, attn_implementation, attention)
+            )
         logger.warning(
             f"PAL composed from {text_model}; newly initialised modules: {', '.join(new_modules) or 'none'}"
         )
@@ -922,6 +1076,7 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
             self.lm_head.load_state_dict(llm.get_output_embeddings().state_dict())
         for tower, encoder in zip(self.model.audio_towers, encoders):
             tower.load_state_dict(encoder.state_dict())
+            tower.to(encoder.dtype)
         for layer_idx in self.config.lal_layers if self.config.lal_kv_source == "separate" else []:
             attention = self.model.language_model.layers[layer_idx].self_attn
             attention.audio_k_proj.load_state_dict(attention.k_proj.state_dict())
@@ -935,25 +1090,23 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
 
 
 def _loading_options(settings: dict) -> dict:
-    return {
-        key: settings[key] for key in ("dtype", "attn_implementation", "device_map", "revision") if key in settings
-    }
+    return {key: settings[key] for key in ("dtype", "device_map", "revision") if key in settings}
 
 
 def _architecture_options(settings: dict) -> dict:
     return {key: settings[key] for key in ("integration", "projector", "downsample", "layer") if key in settings}
 
 
-def load_audio_encoder(path: str, attn_implementation: str | None = None, **kwargs) -> nn.Module:
-    """Loads the encoder part of a full encoder checkpoint (e.g. `WhisperForConditionalGeneration`)."""
+def load_audio_encoder(path: str, **kwargs) -> nn.Module:
+    """
+    Loads the audio encoder of a checkpoint: Whisper's encoder from a full Whisper model, CLAP's audio tower from a
+    full `ClapModel` (whose config nests it as `audio_config`), the base model of AST or wav2vec2-family checkpoints
+    (classification and CTC heads are dropped). `kwargs` go to `from_pretrained`; unknown types raise a `ValueError`.
+    """
     config = AutoConfig.from_pretrained(
         path, revision=kwargs.get("revision"), trust_remote_code=kwargs.get("trust_remote_code", False)
     )
-    audio_encoder_adapter(config)  # raises for unknown types
-    if config.model_type == "whisper":
-        model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
-        return model.get_encoder()
-    raise ValueError(f"No loader for audio encoder type {config.model_type!r}")
+    return audio_encoder_adapter(getattr(config, "audio_config", config)).load(path, **kwargs)
 
 
 def resolve_integrations(integration: str | dict[str, str], model_types: dict[str, str]) -> dict[str, str]:
@@ -968,7 +1121,7 @@ def resolve_integrations(integration: str | dict[str, str], model_types: dict[st
             raise ValueError(
                 'integration="pal" routes several encoders; for a single encoder use integration="hybrid"'
             )
-        return {name: "plits" if model_type == "whisper" else "lal" for name, model_type in model_types.items()}
+        return {name: "plits" if model_type in WHISPER_FAMILY else "lal" for name, model_type in model_types.items()}
     if integration not in ("plits", "lal", "hybrid"):
         raise ValueError(f'integration must be "plits", "lal", "pal", "hybrid" or a dict, got {integration!r}')
     return dict.fromkeys(model_types, integration)
@@ -1008,12 +1161,17 @@ def copy_generation_config(llm: PreTrainedModel, config: PalConfig):
     return generation_config
 
 
-def _attention_per_submodel(model: PalForConditionalGeneration, attn_implementation: str) -> dict[str, str]:
-    """A string implementation applies to the LLM; each encoder gets it where it supports it, else eager."""
-    choice = {"": attn_implementation, "text_config": attn_implementation}
-    for k, tower in enumerate(model.model.audio_towers):
-        supported = {"sdpa": tower._supports_sdpa, "eager": True}.get(attn_implementation, False)
-        choice[f"audio_config_{k}"] = attn_implementation if supported else "eager"
+def _attention_per_submodel(
+    towers: nn.ModuleList, attn_implementation: str | None, per_encoder: list[str | None]
+) -> dict[str, str]:
+    """
+    The LLM gets `attn_implementation`; encoder k gets `per_encoder[k]` where it supports it, else eager (CLAP has no
+    SDPA). `None` keeps the current choice.
+    """
+    choice = {"": attn_implementation, "text_config": attn_implementation} if attn_implementation else {}
+    for k, (tower, requested) in enumerate(zip(towers, per_encoder)):
+        if requested is not None:
+            choice[f"audio_config_{k}"] = requested if supports_attention(tower, requested) else "eager"
     return choice
 
 

@@ -1,54 +1,141 @@
-"""Model inputs built by hand for the core-model tests (the processor has its own tests)."""
+"""
+Model inputs built by hand for the model tests (the processor has its own tests), and checks shared by test modules.
+
+Each encoder family gets a test windowing here: a clip is cut into the feature extractor's fixed windows, which are
+featurized and zero-padded, with a mask of the valid feature frames (mel/filterbank frames, or samples).
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import torch
-from transformers import WhisperFeatureExtractor
+from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM
 
 from modeling_pal.configuration_pal import num_encoder_tokens, num_plits_tokens
 
+SAMPLING_RATE = 16000
+HOP = 160  # 10 ms frames (Whisper, CLAP as configured in the tests, AST's Kaldi filterbank)
+AST_FRAME = 400  # AST's 25 ms Kaldi frame
+WAVEFORM_WINDOW = 8000  # 0.5 s windows for waveform encoders
 
-def clip_windows(extractor: WhisperFeatureExtractor, clip: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Splits a clip into the extractor's windows: features `(W, mel, frames)` and frame masks `(W, frames)`."""
-    pieces = [clip[start : start + extractor.n_samples] for start in range(0, len(clip), extractor.n_samples)]
-    out = extractor(pieces, sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="pt")
+
+def clip(seconds: float, seed: int) -> np.ndarray:
+    """White noise at 16 kHz."""
+    return np.random.default_rng(seed).standard_normal(int(SAMPLING_RATE * seconds)).astype(np.float32) * 0.1
+
+
+def split(samples: np.ndarray, size: int) -> list[np.ndarray]:
+    return [samples[start : start + size] for start in range(0, len(samples), size)]
+
+
+def frames_mask(valid: list[int], num_frames: int) -> torch.Tensor:
+    return (torch.arange(num_frames)[None, :] < torch.tensor(valid)[:, None]).long()
+
+
+def whisper_windows(extractor, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(W, mel, frames)` log-mels and the extractor's frame mask `(W, frames)`."""
+    out = extractor(
+        split(samples, extractor.n_samples),
+        sampling_rate=SAMPLING_RATE,
+        padding="max_length",
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
     return out.input_features, out.attention_mask
 
 
-def build_inputs(model, extractor, samples: list[list], tokenizer=None) -> dict:
+def clap_windows(extractor, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded windows `(W, 1, frames, mels)`; frame i is valid when its centre `i * hop` lies in the clip."""
+    pieces = split(samples, extractor.nb_max_samples)
+    features = extractor(
+        pieces, sampling_rate=SAMPLING_RATE, padding="zeros", truncation="rand_trunc", return_tensors="pt"
+    ).input_features
+    valid = [-(-len(piece) // extractor.hop_length) for piece in pieces]
+    return features, frames_mask(valid, features.shape[-2])
+
+
+def ast_windows(extractor, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """`max_length` filterbank frames per window `(W, frames, mels)`; a clip's frames are its whole 25 ms frames."""
+    pieces = split(samples, extractor.max_length * HOP)
+    features = extractor(pieces, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_values
+    valid = [max(0, (len(piece) - AST_FRAME) // HOP + 1) for piece in pieces]
+    return features, frames_mask(valid, features.shape[-2])
+
+
+def waveform_windows(extractor, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 s windows of normalised samples `(W, samples)` and their sample mask."""
+    out = extractor(
+        split(samples, WAVEFORM_WINDOW),
+        sampling_rate=SAMPLING_RATE,
+        padding="max_length",
+        max_length=WAVEFORM_WINDOW,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    return out.input_values, out.attention_mask
+
+
+WINDOWS = {
+    "whisper": whisper_windows,
+    "clap_audio_model": clap_windows,
+    "audio-spectrogram-transformer": ast_windows,
+    "wav2vec2": waveform_windows,
+    "hubert": waveform_windows,
+    "data2vec-audio": waveform_windows,
+}
+
+
+def encoder_windows(audio_config, extractor, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clip's windows for one encoder: features `(W, *feature_shape)` and feature mask `(W, frames)`."""
+    return WINDOWS[audio_config.model_type](extractor, samples)
+
+
+def build_inputs(model, extractors, samples: list[list]) -> dict:
     """
     `samples`: per sample a list of segments, each a list of token ids (text) or a 1-D array (a clip at 16 kHz).
-    Returns left-padded model inputs for the model's single Whisper slot.
+    `extractors`: the feature extractor of each encoder slot (or the one extractor of a single-slot model).
+    Returns left-padded model inputs: per clip, the PLITS placeholders of each PLITS slot in slot order, then one
+    marker token when an encoder uses LAL; `audio_*_{k}` for every slot.
     """
     config = model.config
-    settings, audio_config = config.audio_encoders[0], config.audio_configs[0]
-    rows, features, masks, clips = [], [], [], []
+    extractors = extractors if isinstance(extractors, (list, tuple)) else [extractors]
+    rows, slots = [], [{"features": [], "masks": [], "clips": []} for _ in extractors]
     for segments in samples:
-        ids, windows, window_masks, window_clips = [], [], [], []
+        ids, windows = [], [([], [], []) for _ in extractors]
         for segment in segments:
             if not isinstance(segment, np.ndarray):
                 ids.extend(segment)
                 continue
-            feats, mask = clip_windows(extractor, segment)
-            if settings["integration"] in ("plits", "hybrid"):
-                tokens = num_encoder_tokens(audio_config, mask.sum(-1))
-                count = sum(int(num_plits_tokens(settings, int(t), config.num_summary_tokens)) for t in tokens)
-                ids.extend([config.audio_placeholder_token_id] * count)
-            if settings["integration"] in ("lal", "hybrid"):
+            for k, extractor in enumerate(extractors):
+                features, mask = encoder_windows(config.audio_configs[k], extractor, segment)
+                ids.extend([config.audio_placeholder_token_id] * count_plits(config, k, mask))
+                clip_index = len(set(windows[k][2]))
+                windows[k][0].append(features)
+                windows[k][1].append(mask)
+                windows[k][2].extend([clip_index] * len(features))
+            if config.uses_lal:
                 ids.append(config.audio_token_id)
-            window_clips.extend([len(set(window_clips))] * len(feats))
-            windows.append(feats)
-            window_masks.append(mask)
         rows.append(ids)
-        features.append(torch.cat(windows) if windows else torch.zeros(0, *extractor_shape(extractor)))
-        masks.append(
-            torch.cat(window_masks) if window_masks else torch.zeros(0, extractor.nb_max_frames, dtype=torch.long)
-        )
-        clips.append(torch.tensor(window_clips, dtype=torch.long))
-    return {**pad_text(rows), **pad_windows(features, masks, clips)}
+        for slot, (features, masks, clips) in zip(slots, windows):
+            slot["features"].append(torch.cat(features) if features else None)
+            slot["masks"].append(torch.cat(masks) if masks else None)
+            slot["clips"].append(torch.tensor(clips, dtype=torch.long))
+    inputs = pad_text(rows)
+    for k, slot in enumerate(slots):
+        inputs.update(pad_windows(k, **slot))
+    return inputs
 
 
-def extractor_shape(extractor) -> tuple[int, int]:
-    return extractor.feature_size, extractor.nb_max_frames
+def count_plits(config, slot: int, mask: torch.Tensor) -> int:
+    """PLITS placeholders of a clip's windows in one slot (0 for a LAL-only encoder)."""
+    settings = config.audio_encoders[slot]
+    if settings["integration"] not in ("plits", "hybrid"):
+        return 0
+    tokens = num_encoder_tokens(config.audio_configs[slot], mask.sum(-1), mask.shape[-1])
+    return sum(int(num_plits_tokens(settings, int(t), config.num_summary_tokens)) for t in tokens)
 
 
 def pad_text(rows: list[list[int]]) -> dict:
@@ -58,15 +145,137 @@ def pad_text(rows: list[list[int]]) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def pad_windows(features, masks, clips) -> dict:
-    most = max(1, max(len(f) for f in features))
+def pad_windows(slot: int, features: list, masks: list, clips: list) -> dict:
+    """Batch-major windows of one slot; samples without audio get padding windows only (none if no sample has audio)."""
+    template = next((f for f in features if f is not None), None)
+    if template is None:
+        return {}
+    most = max(len(c) for c in clips)
 
-    def pad(tensor, value):
-        shape = (most - len(tensor), *tensor.shape[1:])
-        return torch.cat([tensor, torch.full(shape, value, dtype=tensor.dtype)])
+    def pad(tensor, like, value):
+        tensor = like[:0] if tensor is None else tensor
+        return torch.cat([tensor, torch.full((most - len(tensor), *like.shape[1:]), value, dtype=like.dtype)])
 
+    mask_template = next(m for m in masks if m is not None)
     return {
-        "audio_features_0": torch.stack([pad(f, 0.0) for f in features]),
-        "audio_feature_mask_0": torch.stack([pad(m, 0) for m in masks]),
-        "audio_window_clip_0": torch.stack([pad(c, -1) for c in clips]),
+        f"audio_features_{slot}": torch.stack([pad(f, template, 0.0) for f in features]),
+        f"audio_feature_mask_{slot}": torch.stack([pad(m, mask_template, 0) for m in masks]),
+        f"audio_window_clip_{slot}": torch.stack([pad(c, c, -1) for c in clips]),
     }
+
+
+def prompt(n: int, start: int = 20) -> list[int]:
+    return list(range(start, start + n))
+
+
+@torch.no_grad()
+def last_logits(model, inputs) -> torch.Tensor:
+    return model(**inputs).logits[:, -1]
+
+
+def greedy(model, inputs, **kwargs) -> torch.Tensor:
+    return model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False, **kwargs)
+
+
+def config_dict(config) -> dict:
+    return {
+        key: value for key, value in config.to_dict().items() if key not in ("_name_or_path", "transformers_version")
+    }
+
+
+def check_generation(model, extractors, samples: list[list]) -> None:
+    """Greedy with cache == without cache == `num_beams=1` == static cache; beams per sample equal the sample alone."""
+    batch = build_inputs(model, extractors, samples)
+    cached = greedy(model, batch)
+    assert torch.equal(cached, greedy(model, batch, use_cache=False))
+    assert torch.equal(cached, greedy(model, batch, num_beams=1))
+    assert torch.equal(cached, greedy(model, batch, cache_implementation="static"))
+
+    beams = greedy(model, batch, num_beams=3, num_return_sequences=2)
+    assert beams.shape[0] == 2 * len(samples)
+    for index, sample in enumerate(samples):
+        alone = greedy(model, build_inputs(model, extractors, [sample]), num_beams=3, num_return_sequences=2)
+        assert torch.equal(beams[2 * index : 2 * index + 2, -8:], alone[:, -8:])
+
+
+def check_batch_invariance(model, extractors, batch_samples: list[list], target: int) -> None:
+    """Sample `target` generates the same alone and in `batch_samples`; a training step there gives finite grads."""
+    alone = greedy(model, build_inputs(model, extractors, [batch_samples[target]]))
+    in_batch = greedy(model, build_inputs(model, extractors, batch_samples))
+    assert torch.equal(alone[0, -8:], in_batch[target, -8:])
+
+    model.train()
+    try:
+        inputs = build_inputs(model, extractors, batch_samples)
+        outputs = model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100))
+        outputs.loss.backward()
+        assert torch.isfinite(outputs.logits).all()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def check_save_load(model, inputs: dict, tmp_path) -> None:
+    """Save → `AutoModelForMultimodalLM` / `AutoModel` / `AutoConfig` reload: no missing weights, identical outputs."""
+    model.save_pretrained(tmp_path)
+    expected = last_logits(model, inputs)
+    loaded, info = AutoModelForMultimodalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(last_logits(loaded.eval(), inputs), expected)
+    assert config_dict(loaded.config) == config_dict(model.config)
+    assert config_dict(AutoConfig.from_pretrained(tmp_path)) == config_dict(model.config)
+    if model.config.tie_word_embeddings:
+        assert loaded.lm_head.weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(base(**inputs).last_hidden_state, model.model(**inputs).last_hidden_state)
+
+
+REMOTE_CODE_CHECK = textwrap.dedent(
+    """
+    import importlib.abc, json, sys, torch
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "modeling_pal" or name.startswith("modeling_pal."):
+                raise ImportError("modeling_pal is blocked in this process")
+    sys.meta_path.insert(0, Block())
+    from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM
+    reports = []
+    for path, inputs_path in zip(sys.argv[1::2], sys.argv[2::2]):
+        inputs = torch.load(inputs_path)
+        model = AutoModelForMultimodalLM.from_pretrained(path, trust_remote_code=True).eval()
+        assert "modeling_pal" not in sys.modules
+        base = AutoModel.from_pretrained(path, trust_remote_code=True)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+        with torch.no_grad():
+            logits = model(**inputs).logits[:, -1]
+        reports.append({"logits": logits.tolist(), "base": type(base).__name__, "config": type(config).__name__})
+    print(json.dumps(reports))
+    """
+)
+
+
+def check_remote_code(models_and_inputs: list[tuple], tmp_path) -> None:
+    """
+    Saves each model and loads it with `trust_remote_code=True` in one subprocess where `modeling_pal` cannot be
+    imported; its last-position logits must equal the in-process model's exactly.
+    """
+    arguments = []
+    for index, (model, inputs) in enumerate(models_and_inputs):
+        model.save_pretrained(tmp_path / f"ckpt{index}")
+        torch.save(inputs, tmp_path / f"inputs{index}.pt")
+        arguments += [str(tmp_path / f"ckpt{index}"), str(tmp_path / f"inputs{index}.pt")]
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_CODE_CHECK, *arguments],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    for (model, inputs), report in zip(models_and_inputs, reports):
+        assert report["base"] == "PalModel" and report["config"] == "PalConfig"
+        torch.testing.assert_close(torch.tensor(report["logits"]), last_logits(model, inputs), rtol=0, atol=0)

@@ -1,16 +1,19 @@
 """Core-model invariants, for every supported LLM family and for PLITS and LAL (design.md §1 "Consequences")."""
 
-import json
-import subprocess
-import sys
-import textwrap
-
-import numpy as np
 import pytest
 import torch
 from conftest import FAMILIES
-from helpers import build_inputs
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMultimodalLM, WhisperFeatureExtractor
+from helpers import (
+    build_inputs,
+    check_batch_invariance,
+    check_generation,
+    check_remote_code,
+    check_save_load,
+    clip,
+    greedy,
+    prompt,
+)
+from transformers import AutoModelForCausalLM, WhisperFeatureExtractor
 
 INTEGRATIONS = ("plits", "lal")
 CASES = [(family, integration) for family in FAMILIES for integration in INTEGRATIONS]
@@ -21,28 +24,11 @@ def extractor(tiny_whisper_dir):
     return WhisperFeatureExtractor.from_pretrained(tiny_whisper_dir)
 
 
-def clip(seconds: float, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(int(16000 * seconds)).astype(np.float32) * 0.1
-
-
-def prompt(model, n: int, start: int = 20) -> list[int]:
-    return list(range(start, start + n))
-
-
-@torch.no_grad()
-def last_logits(model, inputs) -> torch.Tensor:
-    return model(**inputs).logits[:, -1]
-
-
-def greedy(model, inputs, **kwargs) -> torch.Tensor:
-    return model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False, **kwargs)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_without_audio_lal_equals_base_llm(family, pal_model, tiny_llm_dir):
     model = pal_model(family, "lal")
     base = AutoModelForCausalLM.from_pretrained(tiny_llm_dir(family)).eval()
-    input_ids = torch.tensor([prompt(model, 12)])
+    input_ids = torch.tensor([prompt(12)])
     with torch.no_grad():
         pal_logits = model(input_ids=input_ids).logits
         base_logits = base(input_ids=input_ids).logits
@@ -61,7 +47,7 @@ def test_lal_ffn_sees_text_only_and_early_layers_ignore_audio(family, pal_model,
     ]
     outputs = []
     for seed in (1, 2):
-        inputs = build_inputs(model, extractor, [[prompt(model, 4), clip(1.5, seed), prompt(model, 5, 40)]])
+        inputs = build_inputs(model, extractor, [[prompt(4), clip(1.5, seed), prompt(5, 40)]])
         assert inputs["input_ids"].shape[1] == text_length
         with torch.no_grad():
             outputs.append(model(**inputs, output_hidden_states=True).hidden_states)
@@ -77,7 +63,7 @@ def test_lal_ffn_sees_text_only_and_early_layers_ignore_audio(family, pal_model,
 
 def test_qwen3_audio_keys_use_key_norm(pal_model, extractor):
     model = pal_model("qwen3", "lal")
-    inputs = build_inputs(model, extractor, [[prompt(model, 3), clip(1.0, 3), prompt(model, 3, 40)]])
+    inputs = build_inputs(model, extractor, [[prompt(3), clip(1.0, 3), prompt(3, 40)]])
     captured = {}
     layer_idx = model.config.lal_layers[0]
     attention = model.model.language_model.layers[layer_idx].self_attn
@@ -110,21 +96,10 @@ def test_qwen3_audio_keys_use_key_norm(pal_model, extractor):
 def test_generation_cache_beams_and_static(family, integration, pal_model, extractor):
     model = pal_model(family, integration)
     samples = [
-        [prompt(model, 3), clip(1.0, 4), prompt(model, 4, 40)],
-        [prompt(model, 6, 30), clip(3.0, 5), prompt(model, 2, 50)],
+        [prompt(3), clip(1.0, 4), prompt(4, 40)],
+        [prompt(6, 30), clip(3.0, 5), prompt(2, 50)],
     ]
-    batch = build_inputs(model, extractor, samples)
-    cached = greedy(model, batch)
-    assert torch.equal(cached, greedy(model, batch, use_cache=False))
-    assert torch.equal(cached, greedy(model, batch, num_beams=1))
-    assert torch.equal(cached, greedy(model, batch, cache_implementation="static"))
-
-    beams = greedy(model, batch, num_beams=3, num_return_sequences=2)
-    assert beams.shape[0] == 2 * 2
-    for index, sample in enumerate(samples):
-        alone = greedy(model, build_inputs(model, extractor, [sample]), num_beams=3, num_return_sequences=2)
-        generated = beams[2 * index : 2 * index + 2, -8:]
-        assert torch.equal(generated, alone[:, -8:])
+    check_generation(model, extractor, samples)
 
 
 @pytest.mark.parametrize("integration", INTEGRATIONS)
@@ -132,8 +107,8 @@ def test_encoder_runs_once_and_nothing_survives_between_calls(integration, pal_m
     model = pal_model("llama", integration)
     calls = []
     hook = model.model.audio_towers[0].register_forward_hook(lambda *_: calls.append(1))
-    first = build_inputs(model, extractor, [[prompt(model, 3), clip(1.0, 6), prompt(model, 3, 40)]])
-    second = build_inputs(model, extractor, [[prompt(model, 3), clip(1.0, 7), prompt(model, 3, 40)]])
+    first = build_inputs(model, extractor, [[prompt(3), clip(1.0, 6), prompt(3, 40)]])
+    second = build_inputs(model, extractor, [[prompt(3), clip(1.0, 7), prompt(3, 40)]])
     outputs = [greedy(model, first), greedy(model, second)]
     hook.remove()
     assert len(calls) == 2
@@ -146,27 +121,12 @@ def test_encoder_runs_once_and_nothing_survives_between_calls(integration, pal_m
 @pytest.mark.parametrize("family,integration", CASES)
 def test_batch_invariance_and_no_nan(family, integration, pal_model, extractor):
     model = pal_model(family, integration)
-    target = [prompt(model, 3), clip(1.0, 8), prompt(model, 3, 40)]
     batch_samples = [
-        [prompt(model, 9, 30), clip(3.5, 9), prompt(model, 4, 50)],  # longer prompt, longer audio
-        target,
-        [prompt(model, 5, 60)],  # text only
+        [prompt(9, 30), clip(3.5, 9), prompt(4, 50)],  # longer prompt, longer audio
+        [prompt(3), clip(1.0, 8), prompt(3, 40)],
+        [prompt(5, 60)],  # text only
     ]
-    alone = greedy(model, build_inputs(model, extractor, [target]))
-    in_batch = greedy(model, build_inputs(model, extractor, batch_samples))
-    assert torch.equal(alone[0, -8:], in_batch[1, -8:])
-
-    model.train()
-    try:
-        inputs = build_inputs(model, extractor, batch_samples)
-        outputs = model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100))
-        outputs.loss.backward()
-        assert torch.isfinite(outputs.logits).all()
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        assert grads and all(torch.isfinite(g).all() for g in grads)
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.eval()
+    check_batch_invariance(model, extractor, batch_samples, target=1)
 
 
 @pytest.mark.parametrize("integration", INTEGRATIONS)
@@ -175,7 +135,7 @@ def test_eager_equals_sdpa_on_left_padded_batch(integration, pal_model, extracto
     inputs = build_inputs(
         model,
         extractor,
-        [[prompt(model, 2), clip(1.0, 10), prompt(model, 2, 40)], [prompt(model, 8, 30), clip(2.5, 11)]],
+        [[prompt(2), clip(1.0, 10), prompt(2, 40)], [prompt(8, 30), clip(2.5, 11)]],
     )
     mask = inputs["attention_mask"].bool()
     with torch.no_grad():
@@ -191,66 +151,11 @@ def test_eager_equals_sdpa_on_left_padded_batch(integration, pal_model, extracto
 @pytest.mark.parametrize("family,integration", CASES)
 def test_save_load_roundtrip(family, integration, pal_model, extractor, tmp_path):
     model = pal_model(family, integration)
-    model.save_pretrained(tmp_path)
-    inputs = build_inputs(model, extractor, [[prompt(model, 3), clip(1.0, 12), prompt(model, 3, 40)]])
-    expected = last_logits(model, inputs)
-
-    loaded, info = AutoModelForMultimodalLM.from_pretrained(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert torch.equal(last_logits(loaded.eval(), inputs), expected)
-    assert config_dict(loaded.config) == config_dict(model.config)
-    assert config_dict(AutoConfig.from_pretrained(tmp_path)) == config_dict(model.config)
-    if model.config.tie_word_embeddings:
-        assert loaded.lm_head.weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()
-    base = AutoModel.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        hidden = base(**inputs).last_hidden_state
-        full = model.model(**inputs).last_hidden_state
-    assert torch.equal(hidden, full)
-
-
-def config_dict(config) -> dict:
-    return {
-        key: value for key, value in config.to_dict().items() if key not in ("_name_or_path", "transformers_version")
-    }
-
-
-REMOTE_CODE_CHECK = textwrap.dedent(
-    """
-    import importlib.abc, json, sys, torch
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "modeling_pal" or name.startswith("modeling_pal."):
-                raise ImportError("modeling_pal is blocked in this process")
-    sys.meta_path.insert(0, Block())
-    from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM
-    path, inputs_path = sys.argv[1], sys.argv[2]
-    inputs = torch.load(inputs_path)
-    model = AutoModelForMultimodalLM.from_pretrained(path, trust_remote_code=True).eval()
-    assert "modeling_pal" not in sys.modules
-    base = AutoModel.from_pretrained(path, trust_remote_code=True)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
-    with torch.no_grad():
-        logits = model(**inputs).logits[:, -1]
-    print(json.dumps({"logits": logits.tolist(), "base": type(base).__name__, "config": type(config).__name__}))
-    """
-)
+    check_save_load(model, build_inputs(model, extractor, [[prompt(3), clip(1.0, 12), prompt(3, 40)]]), tmp_path)
 
 
 @pytest.mark.parametrize("integration", INTEGRATIONS)
 def test_trust_remote_code_without_package(integration, pal_model, extractor, tmp_path):
     model = pal_model("llama", integration)
-    model.save_pretrained(tmp_path / "ckpt")
-    inputs = build_inputs(model, extractor, [[prompt(model, 3), clip(1.0, 13), prompt(model, 3, 40)]])
-    torch.save(inputs, tmp_path / "inputs.pt")
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_CODE_CHECK, str(tmp_path / "ckpt"), str(tmp_path / "inputs.pt")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["base"] == "PalModel" and report["config"] == "PalConfig"
-    torch.testing.assert_close(torch.tensor(report["logits"]), last_logits(model, inputs), rtol=0, atol=0)
+    inputs = build_inputs(model, extractor, [[prompt(3), clip(1.0, 13), prompt(3, 40)]])
+    check_remote_code([(model, inputs)], tmp_path)
