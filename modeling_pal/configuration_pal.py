@@ -218,6 +218,23 @@ class PalConfig(PreTrainedConfig):
         self.lal_layers = self._resolve_lal_layers()
 
     @property
+    def custom_pipelines(self) -> dict:
+        """
+        Pipelines shipped with the checkpoint for `trust_remote_code` users (`pipeline_pal.py`). A task already
+        registered in this process (by `import modeling_pal`) is left out: Transformers prefers a checkpoint's own
+        task over the registered one and would then demand `trust_remote_code=True` from package users.
+        """
+        from transformers.pipelines import PIPELINE_REGISTRY
+
+        registered = set(PIPELINE_REGISTRY.get_supported_tasks())
+        shipped = self.__dict__.get("custom_pipelines") or {}
+        return {task: spec for task, spec in shipped.items() if task not in registered}
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value: dict) -> None:
+        self.__dict__["custom_pipelines"] = value
+
+    @property
     def audio_configs(self) -> list[PreTrainedConfig]:
         """The encoder configs of the filled slots, in slot order."""
         return [getattr(self, f"audio_config_{k}") for k in range(len(self.audio_encoders))]

@@ -36,6 +36,7 @@ from .configuration_pal import (
     clap_token_grid,
     num_encoder_tokens,
 )
+from .pipeline_pal import CUSTOM_PIPELINES
 
 logger = logging.get_logger(__name__)
 
@@ -541,7 +542,11 @@ class PalPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False  # the audio K/V store is a Python-side attribute of the cache
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Also advertises `AutoModel` in `auto_map`, so remote-code users get both classes."""
+        """
+        Also advertises `AutoModel` in `auto_map` and ships the "audio-text-to-text" pipeline (`pipeline_pal.py`,
+        copied because this module imports it), so remote-code users get both classes and the pipeline.
+        """
+        self.config.custom_pipelines = {**self.config.custom_pipelines, **CUSTOM_PIPELINES}
         self.config.auto_map = {
             **(getattr(self.config, "auto_map", None) or {}),
             "AutoConfig": "configuration_pal.PalConfig",
@@ -843,6 +848,8 @@ class PalModel(PalPreTrainedModel):
         lal_inputs = self._lal_inputs(audio, input_ids, inputs_embeds) if audio else None
         if lal_inputs is not None:
             kwargs["pal_lal"] = lal_inputs
+        if position_ids is None:
+            position_ids = _position_ids_from_mask(attention_mask, inputs_embeds.shape[1])
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -859,6 +866,16 @@ class PalModel(PalPreTrainedModel):
             attentions=outputs.attentions,
             audio_hidden_states=plits_embeds,
         )
+
+
+def _position_ids_from_mask(attention_mask: torch.Tensor | None, query_length: int) -> torch.LongTensor | None:
+    """
+    Positions that left padding does not shift, `(batch, query_length)`, as `generate` computes them: LAL audio keys
+    carry no RoPE, so a text query's absolute position matters. `None` unless the mask is 2-D `(batch, past + query)`.
+    """
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+        return None
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -query_length:]
 
 
 class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):

@@ -7,12 +7,10 @@ This file imports only `transformers`: `save_pretrained` copies it next to check
 from transformers.pipelines import AnyToAnyPipeline
 
 PIPELINE_TASK = "audio-text-to-text"
-# The task name under which checkpoints ship this file (`config.custom_pipelines`). It differs from PIPELINE_TASK
-# because `pipeline(task)` prefers a checkpoint's custom task over the registered one and would then demand
-# `trust_remote_code=True` even where `import modeling_pal` has registered the pipeline.
-REMOTE_PIPELINE_TASK = "pal-audio-text-to-text"
+# Shipped in checkpoints as `config.custom_pipelines`; `PalConfig.custom_pipelines` hides it once the task is
+# registered in-process (`import modeling_pal`), so both loading paths serve PAL.
 CUSTOM_PIPELINES = {
-    REMOTE_PIPELINE_TASK: {
+    PIPELINE_TASK: {
         "impl": "pipeline_pal.AudioTextToTextPipeline",
         "pt": ["AutoModelForMultimodalLM"],
         "type": "multimodal",
