@@ -342,29 +342,38 @@ class PalAudioKVStore:
         self.key_values, self.valid = {}, None
 
 
+# Batch operations generate applies to its cache (beam reordering, expansion, selection), mirrored on the audio store.
+BATCH_OPERATIONS = {
+    "reorder_cache": lambda tensor, beam_idx: tensor.index_select(0, beam_idx.to(tensor.device)),
+    "batch_select_indices": lambda tensor, indices: tensor[indices.to(tensor.device)],
+    "batch_repeat_interleave": lambda tensor, repeats: tensor.repeat_interleave(repeats, dim=0),
+}
+
+
 def audio_kv_store(cache: Cache) -> PalAudioKVStore:
-    """The audio store of `cache`, created on first use; the cache's batch operations then also apply to it."""
+    """
+    The audio store of `cache`, created on first use. `generate` builds the cache itself (dynamic or static), so the
+    store rides on that instance, whose batch operations and `reset` are extended to keep the store aligned.
+    """
     store = getattr(cache, "pal_audio_store", None)
-    if store is not None:
-        return store
-    store = PalAudioKVStore()
-    cache.pal_audio_store = store
-
-    def follow(method_name: str, fn) -> None:
-        original = getattr(cache, method_name)
-
-        def wrapped(arg=None):
-            result = original() if arg is None else original(arg)
-            store.map(lambda t: fn(t, arg)) if method_name != "reset" else store.clear()
-            return result
-
-        setattr(cache, method_name, wrapped)
-
-    follow("reorder_cache", lambda t, idx: t.index_select(0, idx.to(t.device)))
-    follow("batch_select_indices", lambda t, idx: t[idx.to(t.device)])
-    follow("batch_repeat_interleave", lambda t, repeats: t.repeat_interleave(repeats, dim=0))
-    follow("reset", None)
+    if store is None:
+        store = cache.pal_audio_store = PalAudioKVStore()
+        for name, operation in BATCH_OPERATIONS.items():
+            setattr(cache, name, _mirrored_on_store(getattr(cache, name), store, operation))
+        cache.reset = _mirrored_on_store(cache.reset, store, None)
     return store
+
+
+def _mirrored_on_store(method, store: PalAudioKVStore, operation):
+    def mirrored(*args):
+        result = method(*args)
+        if operation is None:
+            store.clear()
+        else:
+            store.map(lambda tensor: operation(tensor, *args))
+        return result
+
+    return mirrored
 
 
 class PalLalAttentionMixin:
@@ -388,14 +397,9 @@ class PalLalAttentionMixin:
         """Audio keys/values `(batch, kv_heads, num_audio_columns, head_dim)` of this layer."""
         states = inputs.audio_states[self.layer_idx]
         shape = (*states.shape[:-1], -1, self.head_dim)
-        k_proj, v_proj = (
-            (self.k_proj, self.v_proj)
-            if self.lal_kv_source == "shared"
-            else (
-                self.audio_k_proj,
-                self.audio_v_proj,
-            )
-        )
+        shared = self.lal_kv_source == "shared"
+        k_proj = self.k_proj if shared else self.audio_k_proj
+        v_proj = self.v_proj if shared else self.audio_v_proj
         keys = k_proj(states).view(shape)
         if hasattr(self, "k_norm"):
             keys = self.k_norm(keys)
