@@ -13,7 +13,7 @@ from transformers import AutoModelForMultimodalLM, AutoProcessor
 
 import modeling_pal  # noqa: F401  (registers PAL with the Auto classes)
 from modeling_pal.evaluation import to_mmau_records, write_mmau_json
-from modeling_pal.evaluation.runner import CHOICE_TASKS, generate_answers, markdown_table, score_predictions
+from modeling_pal.evaluation.runner import generate_answers, markdown_table, score_predictions
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,7 +54,7 @@ def main() -> None:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
     if args.mmau_output:
-        choice_rows = [i for i in range(len(rows)) if rows[i]["task"] in CHOICE_TASKS]
+        choice_rows = [i for i in range(len(rows)) if rows[i]["choices"]]  # MMAU is multiple choice
         records = to_mmau_records(
             [rows[i] for i in choice_rows], [predictions[i] for i in choice_rows], exclude=("audio", "messages")
         )

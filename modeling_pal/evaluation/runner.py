@@ -66,8 +66,8 @@ def generate_answers(model, processor, rows, batch_size: int = 16, max_new_token
 
 def score_predictions(rows, predictions: list[str]) -> dict[str, dict]:
     """
-    Per-task metrics: accuracy (answer parsed from the generated text among the row's choices) and its chance level
-    for closed tasks, WER/CER for transcription, BLEU / CIDEr-D / ROUGE-L / METEOR for captions and open QA.
+    Per-task metrics: accuracy (answer parsed from the generated text among the row's choices, else compared as
+    normalised text) and its chance level (`None` without choices) for closed tasks, WER/CER for transcription, BLEU / CIDEr-D / ROUGE-L / METEOR for captions and open QA.
     """
     from . import load_metric
 
@@ -102,7 +102,8 @@ def _choice_metrics(rows: list[dict], predictions: list[str]) -> dict:
         answer = parse_choice(prediction, choices) if choices else prediction
         parsed.append(normalize_text(answer or ""))
         references.append(normalize_text(row["answer"]))
-    chance = float(np.mean([1.0 / len(row["choices"]) if row["choices"] else 0.0 for row in rows]))
+    with_choices = [1.0 / len(row["choices"]) for row in rows if row["choices"]]
+    chance = float(np.mean(with_choices)) if len(with_choices) == len(rows) else None  # open answers: no chance level
     accuracy = load_metric("accuracy").compute(predictions=parsed, references=references)["accuracy"]
     return {"accuracy": accuracy, "chance": chance, "unparsed": sum(not p for p in parsed)}
 
@@ -116,6 +117,6 @@ def markdown_table(results: dict[str, dict], title: str = "") -> str:
             if name in ("count", "chance", "unparsed"):
                 continue
             shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-            chance = f"{metrics['chance']:.3f}" if name == "accuracy" else ""
+            chance = f"{metrics['chance']:.3f}" if name == "accuracy" and metrics["chance"] is not None else ""
             lines.append(f"| {task} | {metrics['count']} | {name} | {shown} | {chance} |")
     return "\n".join(lines)
