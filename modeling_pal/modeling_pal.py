@@ -41,6 +41,7 @@ from .pipeline_pal import CUSTOM_PIPELINES
 logger = logging.get_logger(__name__)
 
 MAX_SLOTS = 4
+RESERVED_TOKEN_PREFIX = "<|reserved_special_token_"  # Llama-3's reserved tokens, reused for PAL's audio tokens
 MAX_CLIPS_PER_SAMPLE = 1 << 20
 AUDIO_INPUT_PREFIXES = ("audio_features_", "audio_feature_mask_", "audio_window_clip_")
 AUDIO_INPUT_NAMES = tuple(f"{prefix}{k}" for prefix in AUDIO_INPUT_PREFIXES for k in range(MAX_SLOTS)) + (
@@ -1155,7 +1156,7 @@ def reserve_audio_tokens(tokenizer, config_overrides: dict) -> list[str]:
     Writes strings and ids into `config_overrides`; returns the tokens that had to be added.
     """
     reserved = sorted(
-        (token for token in tokenizer.get_vocab() if token.startswith("<|reserved_special_token_")),
+        (token for token in tokenizer.get_vocab() if token.startswith(RESERVED_TOKEN_PREFIX)),
         key=lambda token: int("".join(ch for ch in token if ch.isdigit()) or 0),
     )
     if len(reserved) >= 2:

@@ -1,0 +1,55 @@
+"""
+Trains a PAL model through the stages of a curriculum recipe (see `docs/training.md`).
+
+    python examples/train_curriculum.py --recipe examples/recipes/smoke.yaml --output_dir outputs/smoke
+    python examples/train_curriculum.py --recipe examples/recipes/pal_synth.yaml --output_dir outputs/pal_synth \\
+        --components outputs/demo/components --data outputs/demo/pal_synth
+    accelerate launch --config_file examples/accelerate/ddp_cpu.yaml examples/train_curriculum.py --recipe ...
+
+Each stage's model and processor go to `OUTPUT/stage{n}`; `--resume` continues an interrupted run at the same stage
+and data position.
+"""
+
+import argparse
+import logging
+
+from accelerate import PartialState
+
+from modeling_pal.training import CurriculumResult, run_curriculum
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", required=True, help="a YAML recipe, e.g. examples/recipes/smoke.yaml")
+    parser.add_argument("--output_dir", required=True, help="stage outputs, checkpoints, logs and loss.png")
+    parser.add_argument("--max_steps_per_stage", type=int, default=None, help="overrides every stage's max_steps")
+    parser.add_argument("--resume", action="store_true", help="continue from the last finished stage / checkpoint")
+    parser.add_argument("--trainer", choices=("hf", "trl"), default="hf", help="Trainer or TRL's SFTTrainer")
+    parser.add_argument("--lora", action="store_true", help="train the LLM through LoRA adapters")
+    parser.add_argument("--components", default=None, help="overrides the recipe's components directory")
+    parser.add_argument("--data", default=None, help="overrides the recipe's dataset (a save_to_disk directory)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> CurriculumResult:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("modeling_pal").setLevel(logging.INFO)
+    result = run_curriculum(
+        args.recipe,
+        args.output_dir,
+        max_steps_per_stage=args.max_steps_per_stage,
+        resume=args.resume,
+        trainer=args.trainer,
+        lora=args.lora,
+        components=args.components,
+        data=args.data,
+    )
+    if PartialState().is_main_process:
+        for stage in result.stages:
+            print(f"stage {stage.stage} ({stage.name}): {stage.seconds:.1f} s, {stage.trainable} → {stage.output_dir}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""
+PAL's multi-stage training curriculum, driven by a YAML recipe: each stage trains named parameter groups (see
+`set_trainable`) on a subset of the data with `Trainer` (or TRL's `SFTTrainer`), optionally with LoRA, and saves the
+model and processor. Runs resume at the same stage and data position; everything runs unchanged under
+`accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import PartialState
+from datasets import Audio, Dataset, DatasetDict, load_from_disk
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from ..data.synth import build_pal_synth, stage_subset
+from ..modeling_pal import PalForConditionalGeneration
+from ..processing_pal import PalProcessor
+from .collator import PalDataCollator
+from .tiny import build_tiny_components
+from .trainable import TRAINABLE_GROUPS, lora_config, row_masked_parameters, set_trainable
+
+logger = logging.get_logger(__name__)
+
+STATE_FILE = "curriculum_state.json"
+LOSS_PLOT = "loss.png"
+RECIPE_SECTIONS = {"name", "seed", "components", "model", "data", "training", "stages", "lora"}
+STAGE_KEYS = {"name", "train", "subset", "args", "max_seconds"}
+# The collator reads the raw `messages` and `audio` columns, so the Trainer must keep them
+FIXED_ARGS = {"remove_unused_columns": False}
+# TRL's `SFTConfig` changes these `TrainingArguments` defaults (bf16 autocast, activation checkpointing, logging)
+TRL_DEFAULTS_OVERRIDDEN = {"bf16": False, "activation_checkpointing": False, "logging_steps": 500}
+
+
+def load_recipe(recipe: str | Path | Mapping) -> dict:
+    """
+    Reads and checks a recipe (a YAML file or a dict). Sections: `stages` (required: each with `train`, a list of
+    groups, and optionally `name`, `subset` (1, 2 or 3: `stage_subset`), `args` (`TrainingArguments` for this stage)
+    and `max_seconds`), `model`, `data`, `training` (`TrainingArguments` for every stage), `components`, `lora`,
+    `seed`, `name`. See `docs/training.md`.
+    """
+    if not isinstance(recipe, Mapping):
+        recipe = yaml.safe_load(Path(recipe).read_text())
+    recipe = dict(recipe)
+    unknown = set(recipe) - RECIPE_SECTIONS
+    if unknown or not recipe.get("stages"):
+        raise ValueError(f"A recipe needs `stages` and takes only {sorted(RECIPE_SECTIONS)}; got {sorted(recipe)}")
+    for number, stage in enumerate(recipe["stages"], 1):
+        bad_keys = set(stage) - STAGE_KEYS
+        bad_groups = set(stage.get("train", [])) - set(TRAINABLE_GROUPS)
+        if bad_keys or bad_groups or not stage.get("train"):
+            raise ValueError(
+                f"Stage {number}: `train` lists groups among {TRAINABLE_GROUPS} and the keys are among "
+                f"{sorted(STAGE_KEYS)}; unknown groups {sorted(bad_groups)}, unknown keys {sorted(bad_keys)}"
+            )
+    return recipe
+
+
+@dataclass
+class StageResult:
+    """What a finished stage left: its output directory, trainable parameter counts and logged losses."""
+
+    stage: int
+    name: str
+    output_dir: str
+    trainable: dict[str, int]
+    log_history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class CurriculumResult:
+    """The trained model (a `PeftModel` after LoRA stages), its processor and one `StageResult` per stage."""
+
+    model: torch.nn.Module
+    processor: PalProcessor
+    stages: list[StageResult]
+
+
+class SampleLogMixin:
+    """
+    Trainer mixin: pops the collator's `row_ids` before the forward and appends them, per optimizer step, to a JSON
+    lines file (one per rank); keeps `set_trainable`'s row-masked embeddings out of weight decay.
+    """
+
+    def __init__(self, *args, sample_log: str | Path | None = None, stage: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sample_log = None if sample_log is None else Path(sample_log)
+        self.stage = stage
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        row_ids = inputs.pop("row_ids", None)
+        if row_ids is not None and model.training and self.sample_log is not None:
+            record = {"stage": self.stage, "step": self.state.global_step + 1, "ids": row_ids}
+            with self.sample_log.open("a") as log:
+                log.write(json.dumps(record) + "\n")
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        masked = row_masked_parameters(model)
+        return [name for name in super().get_decay_parameter_names(model) if name not in masked]
+
+
+class PalTrainer(SampleLogMixin, Trainer):
+    """`Trainer` that logs sample ids and respects `set_trainable`'s row masks."""
+
+
+def sft_trainer_class() -> type:
+    """TRL's `SFTTrainer` with the same mixin (TRL is imported only when used)."""
+    from trl import SFTTrainer
+
+    return type("PalSFTTrainer", (SampleLogMixin, SFTTrainer), {"__doc__": PalTrainer.__doc__})
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Ends a stage once it has run `max_seconds`, even before `max_steps` (the stage's model is saved as usual)."""
+
+    def __init__(self, max_seconds: float):
+        self.max_seconds = max_seconds
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.start > self.max_seconds:
+            control.should_training_stop = True
+
+
+def _path(root: str | Path | None, value: str) -> str:
+    """A component path relative to the components directory (absolute paths and Hub ids without one)."""
+    return value if root is None else str(Path(root, value))
+
+
+def build_model(recipe: dict, components: str | Path | None) -> tuple[PalForConditionalGeneration, PalProcessor]:
+    """A fresh PAL model and processor from the recipe's `model` section (paths relative to `components`), with the
+    new connectors initialised from the recipe's `seed`."""
+    settings = recipe.get("model", {})
+    set_seed(recipe.get("seed", 0))
+    text_model = _path(components, settings.get("text_model", "llm"))
+    encoders = {name: _path(components, path) for name, path in settings.get("audio_encoders", {}).items()}
+    model = PalForConditionalGeneration.from_components(
+        text_model,
+        encoders,
+        integration=settings.get("integration", "pal"),
+        audio_encoder_settings=settings.get("audio_encoder_settings"),
+        **settings.get("config", {}),
+    )
+    return model, PalProcessor.from_components(text_model, encoders, model.config)
+
+
+def load_training_data(recipe: dict, data: str | Path | Dataset | None = None) -> Dataset:
+    """
+    The training split: `data` when given (a `Dataset` or a `save_to_disk` directory), else the recipe's
+    `data.dataset` (`synth` builds PAL-Synth in memory from `data.size` and `data.seed`; anything else is a directory).
+    """
+    settings = recipe.get("data", {})
+    source = data if data is not None else settings.get("dataset", "synth")
+    if isinstance(source, Dataset):
+        dataset = source
+    elif source == "synth":
+        dataset = build_pal_synth(settings.get("size", 40), settings.get("seed", recipe.get("seed", 0)))
+    else:
+        dataset = load_from_disk(str(source))
+    return _encoded_audio(dataset[settings.get("split", "train")] if isinstance(dataset, DatasetDict) else dataset)
+
+
+def _encoded_audio(dataset: Dataset) -> Dataset:
+    """Leaves `Audio` columns encoded: the processor decodes the bytes (soundfile), much faster than `AudioDecoder`s."""
+    for name, feature in dataset.features.items():
+        if isinstance(feature, Audio) and feature.decode:
+            dataset = dataset.cast_column(name, Audio(sampling_rate=feature.sampling_rate, decode=False))
+    return dataset
+
+
+def _resolve_components(recipe: dict, components, dataset: Dataset, output_dir: Path, state) -> str | None:
+    """The components directory; `tiny` builds tiny random components once, on the main process."""
+    components = components if components is not None else recipe.get("components")
+    if components != "tiny":
+        return components
+    target = output_dir / "components"
+    if state.is_main_process and not (target / "llm" / "config.json").is_file():
+        build_tiny_components(dataset, target, seed=recipe.get("seed", 0))
+    state.wait_for_everyone()
+    return str(target)
+
+
+def _trainable_summary(model) -> dict[str, int]:
+    """Trainable parameter counts of a LoRA model: the adapters and what `modules_to_save` trains in full."""
+    counts = {"lora": 0, "connectors": 0}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            counts["lora" if "lora_" in name else "connectors"] += parameter.numel()
+    return counts
+
+
+def _prepare_stage(model, groups: list[str], lora: dict | None, lora_base: str | None):
+    """Sets the stage's trainable parameters; with `lora`, LLM groups train through adapters (added once)."""
+    from_peft = hasattr(model, "peft_config")
+    if lora is None or not any(group.startswith("llm") for group in groups):
+        if from_peft:
+            raise ValueError("A LoRA curriculum cannot go back to a full-parameter stage after its LoRA stages")
+        return model, set_trainable(model, groups)
+    if not from_peft:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(model, groups, **lora))
+        model.peft_config["default"].base_model_name_or_path = lora_base
+    return model, _trainable_summary(model)
+
+
+def _training_args(recipe: dict, stage: dict, output_dir: Path, max_steps: int | None, use_cpu: bool, trl: bool):
+    """The stage's `TrainingArguments` (or TRL `SFTConfig`): recipe defaults, then the stage's own, then overrides."""
+    values = {"report_to": "none", **recipe.get("training", {}), **stage.get("args", {}), **FIXED_ARGS}
+    values.update(output_dir=str(output_dir), seed=recipe.get("seed", 0), use_cpu=use_cpu)
+    if max_steps is not None:
+        values["max_steps"] = max_steps
+    if not trl:
+        return TrainingArguments(**values)
+    from trl import SFTConfig
+
+    for name, trainer_default in TRL_DEFAULTS_OVERRIDDEN.items():  # a recipe means the same for both trainers
+        values.setdefault(name, trainer_default)
+    return SFTConfig(**values, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
+
+
+def _load_state(output_dir: Path, recipe: dict, resume: bool) -> dict:
+    """The curriculum's state file: the recipe and the finished stages. A fresh run starts a new one."""
+    path = output_dir / STATE_FILE
+    if not resume or not path.is_file():
+        return {"recipe": recipe, "completed": [], "lora_base": None}
+    state = json.loads(path.read_text())
+    if state["recipe"] != json.loads(json.dumps(recipe)):
+        raise ValueError(f"{path} was written for another recipe; resume with the same recipe or a new output_dir")
+    return state
+
+
+def _restore_model(state: dict, recipe: dict, components) -> tuple[torch.nn.Module, PalProcessor]:
+    """The model after the last finished stage (base + adapter after LoRA stages), or a fresh one."""
+    if not state["completed"]:
+        return build_model(recipe, components)
+    last = state["completed"][-1]["output_dir"]
+    processor = PalProcessor.from_pretrained(last)
+    if state["lora_base"] is None:
+        return PalForConditionalGeneration.from_pretrained(last), processor
+    from peft import PeftModel
+
+    base = PalForConditionalGeneration.from_pretrained(state["lora_base"])
+    return PeftModel.from_pretrained(base, last, is_trainable=True), processor
+
+
+def _trim_sample_log(path: Path, stage: int, last_step: int) -> None:
+    """Drops records of steps after the checkpoint a stage resumes from (they are trained, and logged, again)."""
+    if not path.is_file():
+        return
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    kept = [r for r in records if r["stage"] < stage or (r["stage"] == stage and r["step"] <= last_step)]
+    path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+
+
+def plot_losses(stages: Sequence[StageResult], path: str | Path) -> None:
+    """Writes the training loss of every stage against the curriculum's cumulative step as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    offset = 0
+    for result in stages:
+        points = [(entry["step"] + offset, entry["loss"]) for entry in result.log_history if "loss" in entry]
+        if points:
+            axes.plot(*zip(*points), marker=".", label=f"stage {result.stage}: {result.name}")
+        offset += max((entry.get("step", 0) for entry in result.log_history), default=0)
+    axes.set(xlabel="optimizer step", ylabel="training loss", title="PAL curriculum")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+@dataclass
+class _Run:
+    """What every stage of one curriculum run shares."""
+
+    recipe: dict
+    output_dir: Path
+    state: dict
+    distributed: PartialState
+    collator: PalDataCollator
+    trl: bool
+    lora: dict | None
+    max_steps: int | None
+    resume: bool
+    callbacks: Sequence[TrainerCallback]
+
+    @property
+    def sample_log(self) -> Path:
+        return self.output_dir / f"sample_ids.rank{self.distributed.process_index}.jsonl"
+
+    def save_state(self, results: list[StageResult]) -> None:
+        if self.distributed.is_main_process:
+            self.state["completed"] = [asdict(result) for result in results]
+            (self.output_dir / STATE_FILE).write_text(json.dumps(self.state, indent=2))
+            plot_losses(results, self.output_dir / LOSS_PLOT)
+        self.distributed.wait_for_everyone()
+
+    def lora_base(self, model, stage: dict) -> str | None:
+        """The full model LoRA adapters apply to: the last stage's output, or the initial model saved to `base/`."""
+        if self.lora is None or self.state["lora_base"] is not None:
+            return self.state["lora_base"]
+        if not any(group.startswith("llm") for group in stage["train"]):
+            return None
+        if self.state["completed"]:
+            return self.state["completed"][-1]["output_dir"]
+        base = self.output_dir / "base"
+        if self.distributed.is_main_process:
+            model.save_pretrained(base)
+            self.collator.processor.save_pretrained(base)
+        self.distributed.wait_for_everyone()
+        return str(base)
+
+
+def _run_stage(run: _Run, number: int, stage: dict, model, dataset: Dataset) -> tuple[torch.nn.Module, StageResult]:
+    """Trains one stage (from its last checkpoint when resuming) and saves the model and processor."""
+    start = time.perf_counter()
+    name = stage.get("name", f"stage{number}")
+    run.state["lora_base"] = run.lora_base(model, stage)
+    model, trainable = _prepare_stage(model, list(stage["train"]), run.lora, run.state["lora_base"])
+    stage_data = stage_subset(dataset, stage["subset"]) if "subset" in stage else dataset
+    if run.distributed.is_main_process:
+        logger.info(f"Stage {number} ({name}): {len(stage_data)} rows; trainable parameters {trainable}")
+    checkpoints = run.output_dir / "checkpoints" / f"stage{number}"
+    use_cpu = run.distributed.device.type == "cpu"
+    args = _training_args(run.recipe, stage, checkpoints, run.max_steps, use_cpu, run.trl)
+    checkpoint = get_last_checkpoint(str(checkpoints)) if run.resume and checkpoints.is_dir() else None
+    _trim_sample_log(run.sample_log, number, int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0)
+    budget = [TimeBudgetCallback(stage["max_seconds"])] if "max_seconds" in stage else []
+    trainer_class = sft_trainer_class() if run.trl else PalTrainer
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=stage_data,
+        data_collator=run.collator,
+        processing_class=run.collator.processor,
+        callbacks=[*run.callbacks, *budget],
+        sample_log=run.sample_log,
+        stage=number,
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    stage_dir = run.output_dir / f"stage{number}"
+    trainer.save_model(str(stage_dir))
+    seconds = time.perf_counter() - start
+    return model, StageResult(number, name, str(stage_dir), trainable, trainer.state.log_history, seconds)
+
+
+def run_curriculum(
+    recipe: str | Path | Mapping,
+    output_dir: str | Path,
+    *,
+    max_steps_per_stage: int | None = None,
+    resume: bool = False,
+    trainer: str = "hf",
+    lora: bool = False,
+    components: str | Path | None = None,
+    data: str | Path | Dataset | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> CurriculumResult:
+    """
+    Runs a recipe's stages in order, saving the model and processor to `output_dir/stage{n}` after each one.
+
+    Args:
+        recipe: a YAML file or a dict (see `load_recipe`).
+        output_dir: holds `stage{n}/`, Trainer checkpoints (`checkpoints/stage{n}/`), `curriculum_state.json`,
+            `sample_ids.rank{r}.jsonl` (row ids per step and rank) and `loss.png`.
+        max_steps_per_stage: overrides every stage's `max_steps`.
+        resume: skip finished stages and continue the current one from its last Trainer checkpoint (same data
+            position, optimizer and RNG state).
+        trainer: `"hf"` (`Trainer`) or `"trl"` (TRL `SFTTrainer` with the PAL collator).
+        lora: train the stages' LLM groups through LoRA adapters (recipe section `lora`: `LoraConfig` options), with
+            the connectors in `modules_to_save`.
+        components: overrides the recipe's `components` (a directory with the recipe's model paths, or `tiny`).
+        data: overrides the recipe's data (a `Dataset` or a `save_to_disk` directory).
+        callbacks: extra `TrainerCallback`s for every stage.
+    """
+    recipe = load_recipe(recipe)
+    if trainer not in ("hf", "trl"):
+        raise ValueError(f'trainer must be "hf" or "trl", got {trainer!r}')
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    distributed = PartialState(cpu=not torch.accelerator.is_available())
+    dataset = load_training_data(recipe, data)
+    components = _resolve_components(recipe, components, dataset, output_dir, distributed)
+    state = _load_state(output_dir, recipe, resume)
+    model, processor = _restore_model(state, recipe, components)
+    run = _Run(
+        recipe=recipe,
+        output_dir=output_dir,
+        state=state,
+        distributed=distributed,
+        collator=PalDataCollator(processor, max_length=recipe.get("data", {}).get("max_length")),
+        trl=trainer == "trl",
+        lora=recipe.get("lora", {}) if lora else None,
+        max_steps=max_steps_per_stage,
+        resume=resume,
+        callbacks=callbacks,
+    )
+    if not resume:
+        run.sample_log.unlink(missing_ok=True)
+    results = [StageResult(**entry) for entry in state["completed"]]
+    for number, stage in enumerate(recipe["stages"], 1):
+        if number > len(results):
+            model, result = _run_stage(run, number, stage, model, dataset)
+            results.append(result)
+            run.save_state(results)
+    return CurriculumResult(model, processor, results)
