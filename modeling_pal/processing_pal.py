@@ -13,18 +13,31 @@ import numpy as np
 import soundfile
 import soxr
 from transformers import (
+    ASTFeatureExtractor,
     AutoFeatureExtractor,
     AutoTokenizer,
     BatchFeature,
+    ClapFeatureExtractor,
     ProcessorMixin,
+    Wav2Vec2FeatureExtractor,
     WhisperFeatureExtractor,
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from .configuration_pal import MAX_AUDIO_ENCODERS, PalConfig, num_encoder_tokens, num_plits_tokens
+from .configuration_pal import (
+    AST_FAMILY,
+    CLAP_FAMILY,
+    MAX_AUDIO_ENCODERS,
+    WAVEFORM_FAMILY,
+    WHISPER_FAMILY,
+    PalConfig,
+    num_encoder_tokens,
+    num_plits_tokens,
+)
 from .modeling_pal import AUDIO_INPUT_PREFIXES
 
 MAX_CHANNELS = 8
+DEFAULT_WAVEFORM_WINDOW_SECONDS = 30.0
 
 
 def _fetch_url(url: str) -> bytes:
@@ -119,22 +132,36 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------------
 # Encoder windows: every encoder family splits audio into its own fixed windows and featurizes them
 # ----------------------------------------------------------------------------------------------------------------------
+#
+# An adapter has `model_types`, `window_samples(feature_extractor, waveform_window_seconds)` (the window length in
+# samples at the extractor's rate) and `featurize(feature_extractor, windows, window_samples)`: `N` windows (each at
+# most one window long) → features `(N, *feature_shape)` and the mask `(N, frames)` of their valid feature frames
+# (a prefix of each window), as numpy arrays. The mask feeds `num_encoder_tokens`, as in the model.
+
+
+def split_windows(samples: np.ndarray, window_samples: int) -> list[np.ndarray]:
+    """Consecutive windows of `window_samples` samples; the last one holds the remainder (nothing is cut)."""
+    return [samples[start : start + window_samples] for start in range(0, len(samples), window_samples)]
+
+
+def _prefix_mask(valid: list[int], num_frames: int) -> np.ndarray:
+    """`(N, num_frames)` int64 mask whose first `valid[i]` frames are 1."""
+    return (np.arange(num_frames)[None, :] < np.asarray(valid)[:, None]).astype(np.int64)
 
 
 class WhisperWindows:
-    """Whisper: `chunk_length`-second windows → log-mel features `(mel_bins, frames)` and a mel-frame mask."""
+    """Whisper: `chunk_length`-second windows → log-mel features `(mel_bins, frames)` and its mel-frame mask."""
 
-    model_type = "whisper"
+    model_types = WHISPER_FAMILY
 
     @staticmethod
-    def window_samples(feature_extractor: WhisperFeatureExtractor) -> int:
+    def window_samples(feature_extractor: WhisperFeatureExtractor, waveform_window_seconds: float) -> int:
         return feature_extractor.n_samples
 
     @staticmethod
     def featurize(
-        feature_extractor: WhisperFeatureExtractor, windows: list[np.ndarray]
+        feature_extractor: WhisperFeatureExtractor, windows: list[np.ndarray], window_samples: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """`N` windows (each at most one window long) → features `(N, mel_bins, frames)`, mask `(N, frames)`."""
         out = feature_extractor(
             windows,
             sampling_rate=feature_extractor.sampling_rate,
@@ -145,7 +172,98 @@ class WhisperWindows:
         return out["input_features"], out["attention_mask"].astype(np.int64)
 
 
-AUDIO_WINDOW_ADAPTERS = {adapter.model_type: adapter for adapter in (WhisperWindows,)}
+class ClapWindows:
+    """
+    CLAP (unfused HTSAT): `max_length_s`-second windows (10 s at 48 kHz for `laion/clap-htsat-unfused`), zero-padded
+    (never `"repeatpad"`, never cropped) → log-mel `(1, frames, mels)`. Mel frame `i` is centred on sample `i · hop`
+    and is valid when that sample lies in the window's audio: `ceil(samples / hop)` frames.
+    """
+
+    model_types = CLAP_FAMILY
+
+    @staticmethod
+    def window_samples(feature_extractor: ClapFeatureExtractor, waveform_window_seconds: float) -> int:
+        return feature_extractor.nb_max_samples
+
+    @staticmethod
+    def featurize(
+        feature_extractor: ClapFeatureExtractor, windows: list[np.ndarray], window_samples: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        features = feature_extractor(
+            windows,
+            sampling_rate=feature_extractor.sampling_rate,
+            padding="zeros",  # anything but "repeat"/"repeatpad" pads with zeros
+            truncation="rand_trunc",  # unfused features; windows are never longer than max_length, so never cropped
+            return_tensors="np",
+        )["input_features"]
+        valid = [-(-len(window) // feature_extractor.hop_length) for window in windows]
+        return features, _prefix_mask(valid, features.shape[-2])
+
+
+class AstWindows:
+    """
+    AST: `max_length` Kaldi filterbank frames per window (1024 frames = 10.24 s at 16 kHz) → `(frames, mel_bins)`.
+    A window's valid frames are its whole 25 ms frames, 10 ms apart: `(samples - 400) // 160 + 1` at 16 kHz.
+    """
+
+    model_types = AST_FAMILY
+    FRAME_SHIFT_MS, FRAME_LENGTH_MS = 10, 25  # torchaudio's Kaldi defaults, used by `ASTFeatureExtractor`
+
+    @classmethod
+    def _frame(cls, feature_extractor: ASTFeatureExtractor) -> tuple[int, int]:
+        """`(hop, frame_length)` in samples."""
+        rate = feature_extractor.sampling_rate
+        return rate * cls.FRAME_SHIFT_MS // 1000, rate * cls.FRAME_LENGTH_MS // 1000
+
+    @classmethod
+    def window_samples(cls, feature_extractor: ASTFeatureExtractor, waveform_window_seconds: float) -> int:
+        return feature_extractor.max_length * cls._frame(feature_extractor)[0]
+
+    @classmethod
+    def featurize(
+        cls, feature_extractor: ASTFeatureExtractor, windows: list[np.ndarray], window_samples: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        hop, frame = cls._frame(feature_extractor)
+        valid = [max(0, (len(window) - frame) // hop + 1) for window in windows]
+        # a window without a whole frame is all padding; lengthen it to one sample short of a frame, which the
+        # extractor featurizes as such (shorter ones make it fail)
+        windows = [np.pad(window, (0, max(0, frame - 1 - len(window)))) for window in windows]
+        features = feature_extractor(windows, sampling_rate=feature_extractor.sampling_rate, return_tensors="np")
+        return features["input_values"], _prefix_mask(valid, feature_extractor.max_length)
+
+
+class WaveformWindows:
+    """
+    wav2vec2 / HuBERT / data2vec-audio: `waveform_window_seconds`-second windows (the processor's setting, 30 s by
+    default) of samples, normalised over their valid samples by the extractor → `(samples,)` and the sample mask.
+    """
+
+    model_types = WAVEFORM_FAMILY
+
+    @staticmethod
+    def window_samples(feature_extractor: Wav2Vec2FeatureExtractor, waveform_window_seconds: float) -> int:
+        return round(waveform_window_seconds * feature_extractor.sampling_rate)
+
+    @staticmethod
+    def featurize(
+        feature_extractor: Wav2Vec2FeatureExtractor, windows: list[np.ndarray], window_samples: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        out = feature_extractor(
+            windows,
+            sampling_rate=feature_extractor.sampling_rate,
+            padding="max_length",
+            max_length=window_samples,
+            return_attention_mask=True,
+            return_tensors="np",
+        )
+        return out["input_values"], out["attention_mask"].astype(np.int64)
+
+
+AUDIO_WINDOW_ADAPTERS = {
+    model_type: adapter
+    for adapter in (WhisperWindows, ClapWindows, AstWindows, WaveformWindows)
+    for model_type in adapter.model_types
+}
 
 
 def audio_window_adapter(model_type: str) -> type:
@@ -154,6 +272,21 @@ def audio_window_adapter(model_type: str) -> type:
     if adapter is None:
         raise ValueError(f"Unsupported audio encoder type {model_type!r}; supported: {sorted(AUDIO_WINDOW_ADAPTERS)}")
     return adapter
+
+
+def encoder_windows(
+    model_type: str,
+    feature_extractor,
+    samples: np.ndarray,
+    waveform_window_seconds: float = DEFAULT_WAVEFORM_WINDOW_SECONDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    One clip's windows for one encoder, at the feature extractor's rate: features `(W, *feature_shape)` and the
+    valid-frame mask `(W, frames)`. `waveform_window_seconds` sets the wav2vec2-family window.
+    """
+    adapter = audio_window_adapter(model_type)
+    size = adapter.window_samples(feature_extractor, waveform_window_seconds)
+    return adapter.featurize(feature_extractor, split_windows(samples, size), size)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -218,7 +351,8 @@ class PalProcessor(ProcessorMixin):
         tokenizer (`PreTrainedTokenizerBase`):
             The LLM's tokenizer, holding `audio_token` and `audio_placeholder_token`.
         feature_extractor, feature_extractor_1, feature_extractor_2, feature_extractor_3 (`FeatureExtractionMixin`, *optional*):
-            The feature extractor of encoder slot 0…3 (e.g. a `WhisperFeatureExtractor`); slots fill in order.
+            The feature extractor of encoder slot 0…3 (`WhisperFeatureExtractor`, `ClapFeatureExtractor`,
+            `ASTFeatureExtractor` or `Wav2Vec2FeatureExtractor`); slots fill in order.
         chat_template (`str`, *optional*):
             The LLM's text-only chat template; it is wrapped so that chats may hold `{"type": "audio"}` items.
         audio_token (`str`, *optional*, defaults to `"<|audio|>"`):
@@ -236,6 +370,10 @@ class PalProcessor(ProcessorMixin):
             The rate assumed for raw arrays when `sampling_rate` is not passed. Files keep their own rate.
         transcription_prompt (`str`, *optional*, defaults to `"Transcribe the audio."`):
             The request written by `apply_transcription_request`.
+        waveform_window_seconds (`float`, *optional*, defaults to 30):
+            Window length of waveform encoders (wav2vec2, HuBERT, data2vec-audio), whose feature extractors have
+            none. Other encoders take their feature extractor's window (Whisper `chunk_length`, CLAP `max_length_s`,
+            AST `max_length` frames).
     """
 
     text_kwargs = {"padding": True, "padding_side": "left", "return_tensors": "pt"}
@@ -255,6 +393,7 @@ class PalProcessor(ProcessorMixin):
         max_audio_seconds: float = 600,
         sampling_rate: int = 16000,
         transcription_prompt: str = "Transcribe the audio.",
+        waveform_window_seconds: float = DEFAULT_WAVEFORM_WINDOW_SECONDS,
     ):
         extractors = [feature_extractor, feature_extractor_1, feature_extractor_2, feature_extractor_3]
         self.audio_encoders = [dict(settings) for settings in audio_encoders or []]
@@ -276,6 +415,9 @@ class PalProcessor(ProcessorMixin):
         self.max_audio_seconds = max_audio_seconds
         self.sampling_rate = sampling_rate
         self.transcription_prompt = transcription_prompt
+        if not waveform_window_seconds > 0:
+            raise ValueError(f"waveform_window_seconds must be positive, got {waveform_window_seconds}")
+        self.waveform_window_seconds = waveform_window_seconds
         chat_template = wrap_chat_template(chat_template or tokenizer.chat_template, audio_token)
         super().__init__(tokenizer, *extractors, chat_template=chat_template)
         self.audio_token_id = self._vocabulary_id(audio_token)
@@ -302,7 +444,9 @@ class PalProcessor(ProcessorMixin):
             audio_encoders: `{name: checkpoint}` in slot order, as given to the model; each checkpoint's feature
                 extractor is loaded with `AutoFeatureExtractor`.
             config: the model's `PalConfig`, for the encoder settings and the special tokens.
-            loading_kwargs: passed to every `from_pretrained` (e.g. `revision`).
+            loading_kwargs: the processor's own settings (`max_audio_seconds`, `sampling_rate`,
+                `transcription_prompt`, `waveform_window_seconds`) go to the processor; the rest to every
+                `from_pretrained` (e.g. `revision`).
 
         Raises:
             `ValueError` when the encoder names differ from the model's, or when the tokenizer gives PAL's tokens
@@ -311,6 +455,7 @@ class PalProcessor(ProcessorMixin):
         names = [settings["name"] for settings in config.audio_encoders]
         if list(audio_encoders) != names:
             raise ValueError(f"audio_encoders {list(audio_encoders)} must name the model's encoders in order: {names}")
+        settings = {name: loading_kwargs.pop(name) for name in PROCESSOR_SETTINGS if name in loading_kwargs}
         tokenizer = AutoTokenizer.from_pretrained(text_model, **loading_kwargs)
         _add_audio_tokens(tokenizer, config)
         extractors = [AutoFeatureExtractor.from_pretrained(path, **loading_kwargs) for path in audio_encoders.values()]
@@ -324,6 +469,7 @@ class PalProcessor(ProcessorMixin):
                 for settings, audio_config in zip(config.audio_encoders, config.audio_configs)
             ],
             num_summary_tokens=config.num_summary_tokens,
+            **settings,
         )
 
     @property
@@ -474,15 +620,15 @@ class PalProcessor(ProcessorMixin):
         """
         extractor, settings = self.feature_extractors[slot], self.audio_encoders[slot]
         adapter = audio_window_adapter(settings["model_type"])
-        size = adapter.window_samples(extractor)
+        size = adapter.window_samples(extractor, self.waveform_window_seconds)
         flat = [(index, position, clip) for index, sample in enumerate(clips) for position, clip in enumerate(sample)]
         windows, owners = [], []  # owners[i] = (prompt, clip within the prompt, clip in text order) of window i
         for order, (index, position, (samples, rate)) in enumerate(flat):
             samples = resample(samples, rate, extractor.sampling_rate)
-            pieces = [samples[start : start + size] for start in range(0, len(samples), size)]
+            pieces = split_windows(samples, size)
             windows.extend(pieces)
             owners.extend([(index, position, order)] * len(pieces))
-        features, mask = adapter.featurize(extractor, windows)
+        features, mask = adapter.featurize(extractor, windows, size)
         tokens = num_encoder_tokens(self._encoder_configs[slot], mask.sum(-1), mask.shape[-1])
         plits = [num_plits_tokens(settings, int(count), self.num_summary_tokens) for count in tokens]
         counts = [0] * len(flat)
@@ -570,6 +716,7 @@ class PalProcessor(ProcessorMixin):
         return super().check_argument_for_proper_class(argument_name, argument)
 
 
+PROCESSOR_SETTINGS = ("max_audio_seconds", "sampling_rate", "transcription_prompt", "waveform_window_seconds")
 FEATURE_EXTRACTOR_SLOTS = ("feature_extractor", "feature_extractor_1", "feature_extractor_2", "feature_extractor_3")
 PLITS_INTEGRATIONS = ("plits", "hybrid")
 LAL_INTEGRATIONS = ("lal", "hybrid")
@@ -630,4 +777,4 @@ def _use_left_padding(tokenizer) -> None:
 
 PalProcessor.register_for_auto_class()
 
-__all__ = ["PalProcessor", "load_audio", "resample"]
+__all__ = ["PalProcessor", "encoder_windows", "load_audio", "resample"]

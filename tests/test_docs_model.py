@@ -13,15 +13,10 @@ from encoder_fixtures import *  # noqa: F403
 
 DOCS = Path(__file__).parent.parent / "docs" / "model_doc" / "pal.md"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-PROCESSOR_MISSING = "Unsupported audio encoder type"
 
 
 def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", DOCS.read_text(encoding="utf-8"), flags=re.DOTALL)
-
-
-def needs_processor(block: str) -> bool:
-    return "processor" in block or "pipeline(" in block
 
 
 @pytest.fixture
@@ -49,17 +44,7 @@ def test_every_hub_id_in_the_examples_is_served(hub_cache):
 
 
 def test_examples_run(hub_cache):
-    """All blocks in order; while `PalProcessor` lacks an encoder the docs use, its blocks wait (reported as a skip)."""
-    namespace, waiting = {}, []
+    """All blocks in order, in one namespace, nothing skipped."""
+    namespace = {}
     for block in python_blocks():
-        if waiting and needs_processor(block):
-            waiting.append(block)
-            continue
-        try:
-            exec(compile(block, str(DOCS), "exec"), namespace)
-        except ValueError as error:
-            if not (needs_processor(block) and PROCESSOR_MISSING in str(error)):
-                raise
-            waiting.append(block)
-    if waiting:
-        pytest.skip(f"{len(waiting)} processor/pipeline blocks wait for PalProcessor to support CLAP")
+        exec(compile(block, str(DOCS), "exec"), namespace)

@@ -3,6 +3,7 @@
 import copy
 import functools
 import http.server
+import math
 import re
 import threading
 from pathlib import Path
@@ -11,16 +12,19 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from transformers import AutoProcessor
+from encoder_fixtures import *  # noqa: F403
+from helpers import WAVEFORM_WINDOW, build_inputs
+from transformers import AutoFeatureExtractor, AutoProcessor, ClapFeatureExtractor
 
-from modeling_pal import PalProcessor
+from modeling_pal import PalForConditionalGeneration, PalProcessor
 from modeling_pal.processing_pal import resample
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "processing.md"
 RATE = 16000
 ATOL_CHANGE = 1e-4  # a max abs logit difference above this counts as "changes"
-# Encoder kinds whose windowing is tested; a CLAP case joins once the model supports CLAP.
-ENCODERS = ("whisper",)
+FAMILIES = ("whisper", "clap", "ast", "wav2vec2", "hubert", "data2vec-audio")
+# seconds per window of the tiny encoders (encoder_fixtures.py, conftest.py); waveform windows as in helpers.py
+WINDOW_SECONDS = {"whisper": 2.0, "clap": 1.0, "ast": 0.64, "wav2vec2": WAVEFORM_WINDOW / RATE}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +43,39 @@ def pal(pal_model, tiny_llm_dir, tiny_whisper_dir):
     return build
 
 
+@pytest.fixture(scope="module")
+def composed(tiny_llm_dir, tiny_encoder_dir):
+    """
+    Factory: `composed(encoders, integration)` → `(model, processor)` of a Llama PAL with tiny encoders of these
+    families (in slot order), LAL from layer 2, both cached. Waveform windows are helpers.py's 0.5 s.
+    """
+    built = {}
+
+    def build(encoders: tuple[str, ...], integration: str = "lal"):
+        if (encoders, integration) not in built:
+            torch.manual_seed(0)
+            checkpoints = {family: tiny_encoder_dir(family) for family in encoders}
+            lal = {} if integration == "plits" else {"lal_start_layer": 2}
+            model = PalForConditionalGeneration.from_components(
+                tiny_llm_dir("llama"), checkpoints, integration=integration, **lal
+            ).eval()
+            processor = PalProcessor.from_components(
+                tiny_llm_dir("llama"), checkpoints, model.config, waveform_window_seconds=WINDOW_SECONDS["wav2vec2"]
+            )
+            built[encoders, integration] = model, processor
+        return built[encoders, integration]
+
+    return build
+
+
 def noise(seconds: float, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(int(RATE * seconds)).astype(np.float32) * 0.1
+
+
+def beep(seconds: float, frequency: float = 1000.0) -> np.ndarray:
+    """A loud sine at 16 kHz."""
+    t = np.arange(int(RATE * seconds)) / RATE
+    return (0.9 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
 
 
 def tones(seconds: float, rate: int) -> np.ndarray:
@@ -147,17 +182,29 @@ def test_multichannel_is_downmixed(pal):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("encoder", ENCODERS)
-@pytest.mark.parametrize("integration", ("lal", "plits"))
-def test_no_window_is_dropped(encoder, integration, pal):
-    model, processor = pal("llama", integration)
-    clip = noise(7.0, 4)  # 4 windows of the tiny 2 s encoder
+@pytest.mark.parametrize(
+    "encoder,integration,seconds",
+    [
+        ("whisper", "lal", 25.0),
+        ("whisper", "plits", 25.0),
+        ("clap", "lal", 25.0),
+        ("clap", "lal", 25.5),
+        ("ast", "lal", 25.0),
+        ("wav2vec2", "lal", 25.0),
+    ],
+)
+def test_no_window_is_dropped(encoder, integration, seconds, composed):
+    """Changing only the last 3 s of a long clip changes the logits, as does a change in the first window."""
+    model, processor = composed((encoder,), integration)
+    clip = noise(seconds, 4)
     late, early = clip.copy(), clip.copy()
-    late[-RATE:] = 0.0  # inside the last window only
-    early[:RATE] = 0.0  # control: inside the first window
+    late[-3 * RATE :] = beep(3.0)  # inside the last windows only
+    first_window = int(WINDOW_SECONDS[encoder] * RATE)
+    early[:first_window] = beep(first_window / RATE)  # control: the first window
     inputs = processor(text=ask(processor, 1), audio=clip)
-    assert inputs["audio_features_0"].shape[1] == 4
-    assert inputs["audio_window_clip_0"].tolist() == [[0, 0, 0, 0]]
+    windows = math.ceil(round(seconds / WINDOW_SECONDS[encoder], 6))
+    assert inputs["audio_features_0"].shape[1] == windows
+    assert inputs["audio_window_clip_0"].tolist() == [[0] * windows]
     reference = last_logits(model, inputs)
     assert changes(last_logits(model, processor(text=ask(processor, 1), audio=late)), reference)
     assert changes(last_logits(model, processor(text=ask(processor, 1), audio=early)), reference)
@@ -228,6 +275,160 @@ def test_causal_visibility_hides_a_later_turns_clip(pal):
         logits_a, logits_b = model(**a).logits[0], model(**b).logits[0]
     torch.testing.assert_close(logits_a[:second_marker], logits_b[:second_marker], rtol=0, atol=1e-6)
     assert changes(logits_a[-1], logits_b[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Every encoder family: the processor builds the inputs the model tests build by hand (tests/helpers.py)
+# ----------------------------------------------------------------------------------------------------------------------
+
+# sample counts with a partial last window in every family (whisper 2 s, CLAP 1 s, AST 0.64 s, waveform 0.5 s)
+CLIP_LENGTHS = (36803, 5921, 16800)
+
+
+@pytest.mark.parametrize(
+    "encoders,integration", [((family,), "plits") for family in FAMILIES] + [(("whisper", "clap"), "pal")]
+)
+def test_processor_builds_the_model_tests_inputs(encoders, integration, composed, tiny_encoder_dir):
+    model, processor = composed(encoders, integration)
+    a, b, c = (noise(length / RATE, seed) for seed, length in enumerate(CLIP_LENGTHS, start=50))
+    texts = [f"compare {processor.audio_token} with {processor.audio_token} please", f"{processor.audio_token} hm?"]
+    texts.append("no audio here")
+
+    def ids(text: str) -> list[int]:
+        return processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    segments = [[ids("compare "), a, ids(" with "), b, ids(" please")], [c, ids(" hm?")], [ids("no audio here")]]
+    extractors = [AutoFeatureExtractor.from_pretrained(tiny_encoder_dir(family)) for family in encoders]
+    expected = build_inputs(model, extractors, segments)
+    actual = processor(text=texts, audio=[a, b, c], add_special_tokens=False)
+
+    assert actual.keys() == expected.keys()
+    real = expected["attention_mask"].bool()
+    assert torch.equal(actual["attention_mask"], expected["attention_mask"])
+    assert torch.equal(actual["input_ids"][real], expected["input_ids"][real])  # the pad ids differ
+    for slot in range(len(encoders)):
+        features, mask = actual[f"audio_features_{slot}"], actual[f"audio_feature_mask_{slot}"]
+        assert torch.equal(features, expected[f"audio_features_{slot}"])
+        assert torch.equal(mask, expected[f"audio_feature_mask_{slot}"].long())
+        assert torch.equal(actual[f"audio_window_clip_{slot}"], expected[f"audio_window_clip_{slot}"])
+    assert torch.isfinite(last_logits(model, actual)).all()
+
+
+def test_clap_windows_and_masks(composed):
+    """1 s windows of 101 mel frames (hop 160); frame i is valid when i · hop < samples; zero padding."""
+    _, processor = composed(("clap",), "lal")
+    inputs = processor(text=ask(processor, 1), audio=noise(2.5, 60))
+    assert tuple(inputs["audio_features_0"].shape) == (1, 3, 1, 101, 16)
+    assert inputs["audio_feature_mask_0"].sum(-1).tolist() == [[100, 100, 50]]
+    last = inputs["audio_features_0"][0, 2, 0]  # 0.5 s of noise, then padding
+    assert (last[:50] > -100).all()
+    assert (last[60:] == -100).all()  # zero padding at CLAP's -100 dB floor, not the repeated clip ("repeatpad")
+
+
+def test_ast_remainder_shorter_than_a_frame(composed):
+    """A last window too short for one 25 ms frame is all padding: no valid frames, no placeholders."""
+    _, processor = composed(("ast",), "plits")
+    full = processor(text=ask(processor, 1), audio=noise(0.64, 61))
+    longer = processor(text=ask(processor, 1), audio=np.concatenate([noise(0.64, 61), noise(0.01, 62)]))
+    assert longer["audio_feature_mask_0"].sum(-1).tolist() == [[62, 0]]
+    assert torch.equal(longer["input_ids"], full["input_ids"])
+    assert torch.equal(longer["audio_features_0"][:, :1], full["audio_features_0"])
+
+
+def test_waveform_window_is_a_setting_that_round_trips(composed, tiny_llm_dir, tiny_encoder_dir, tmp_path):
+    model, processor = composed(("wav2vec2",), "lal")
+    assert processor.waveform_window_seconds == 0.5
+    inputs = processor(text=ask(processor, 1), audio=noise(1.2, 63))
+    assert tuple(inputs["audio_features_0"].shape) == (1, 3, 8000)
+    assert inputs["audio_feature_mask_0"].sum(-1).tolist() == [[8000, 8000, 3200]]
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert loaded.waveform_window_seconds == 0.5
+    reloaded = loaded(text=ask(processor, 1), audio=noise(1.2, 63))
+    assert all(torch.equal(inputs[key], reloaded[key]) for key in inputs)
+
+    default = PalProcessor.from_components(
+        tiny_llm_dir("llama"), {"wav2vec2": tiny_encoder_dir("wav2vec2")}, model.config
+    )
+    assert default.waveform_window_seconds == 30.0
+    long_windows = default(text=ask(default, 1), audio=noise(31.0, 64))
+    assert long_windows["audio_feature_mask_0"].sum(-1).tolist() == [[30 * RATE, RATE]]
+    with pytest.raises(ValueError, match="waveform_window_seconds must be positive"):
+        PalProcessor.from_components(
+            tiny_llm_dir("llama"), {"wav2vec2": tiny_encoder_dir("wav2vec2")}, model.config, waveform_window_seconds=0
+        )
+
+
+def faded_tone(frequency: float, seconds: float, rate: int, amplitude: float = 0.002) -> np.ndarray:
+    """A sine with 0.1 s raised-cosine fades, defined in continuous time so every rate renders the same signal."""
+    t = np.arange(int(seconds * rate)) / rate
+    envelope = np.sin(0.5 * np.pi * np.clip(np.minimum(t, seconds - t) / 0.1, 0, 1)) ** 2
+    return (amplitude * envelope * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def test_clap_takes_a_44k_file_at_48k(composed, tiny_llm_dir, tiny_whisper_dir, tmp_path):
+    """
+    A 48 kHz CLAP extractor (the tiny model's 101 frames × 16 mels, hop 480; `repeatpad`/`fusion` as saved defaults,
+    which the processor overrides): a 12 kHz tone in a 44.1 kHz file gives the features of the tone rendered at 48 kHz.
+    The tone is quiet, so no mel band sits just above CLAP's -100 dB floor, where resampling noise would show.
+    """
+    model, _ = composed(("whisper", "clap"), "pal")
+    ClapFeatureExtractor(
+        feature_size=16, sampling_rate=48000, hop_length=480, max_length_s=1, frequency_min=50, frequency_max=14000
+    ).save_pretrained(tmp_path / "clap48k")
+    processor = PalProcessor.from_components(
+        tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir, "clap": str(tmp_path / "clap48k")}, model.config
+    )
+    soundfile.write(tmp_path / "tone.wav", faded_tone(12000.0, 2.5, 44100), 44100, subtype="FLOAT")
+    from_file = processor(text=ask(processor, 1), audio=str(tmp_path / "tone.wav"))
+    from_array = processor(text=ask(processor, 1), audio=faded_tone(12000.0, 2.5, 48000), sampling_rate=48000)
+    features = from_array["audio_features_1"]
+    assert tuple(features.shape) == (1, 3, 1, 101, 16)
+    assert features[0, 1, 0, :, -1].min() > -60  # the 12 kHz band holds the tone (at 16 kHz it would be gone)
+    torch.testing.assert_close(from_file["audio_features_1"], features, rtol=0, atol=1e-4)
+    assert torch.equal(from_file["audio_feature_mask_1"], from_array["audio_feature_mask_1"])
+    assert torch.equal(from_file["input_ids"], from_array["input_ids"])
+    assert torch.isfinite(last_logits(model, from_file)).all()
+
+
+def test_pal_chat_with_two_clips(composed):
+    """Whisper (PLITS) + CLAP (LAL): placeholders come from Whisper only, then one marker per clip."""
+    model, processor = composed(("whisper", "clap"), "pal")
+    first, second = noise(2.5, 65), noise(1.2, 66)
+
+    def chat(second_clip):
+        return [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "compare "},
+                    {"type": "audio", "audio": first},
+                    {"type": "text", "text": " with "},
+                    {"type": "audio", "audio": second_clip},
+                ],
+            }
+        ]
+
+    inputs = processor.apply_chat_template(chat(second), tokenize=True, return_dict=True, add_generation_prompt=True)
+    ids = inputs["input_ids"][0].tolist()
+    marker, placeholder = processor.audio_token_id, processor.audio_placeholder_token_id
+    # Whisper: 2 s windows of 200 mel frames → ceil(frames / 2) tokens → stacks of 4
+    whisper_counts = [math.ceil(100 / 4) + math.ceil(25 / 4), math.ceil(60 / 4)]
+    runs = "".join("P" if i == placeholder else "M" if i == marker else "." for i in ids)
+    assert re.findall(r"P+M|M", runs) == ["P" * whisper_counts[0] + "M", "P" * whisper_counts[1] + "M"]
+    assert inputs["audio_window_clip_0"].tolist() == [[0, 0, 1]]  # Whisper: 2 s windows
+    assert inputs["audio_window_clip_1"].tolist() == [[0, 0, 0, 1, 1]]  # CLAP: 1 s windows
+    rendered = processor.apply_chat_template(chat(second), add_generation_prompt=True)
+    from_text = processor(text=rendered, audio=[first, second], add_special_tokens=False)
+    assert all(torch.equal(inputs[key], from_text[key]) for key in inputs)
+
+    reference = last_logits(model, inputs)
+    silent = processor.apply_chat_template(
+        chat(np.zeros_like(second)), tokenize=True, return_dict=True, add_generation_prompt=True
+    )
+    assert changes(last_logits(model, silent), reference)
+    generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert generated.shape == (1, inputs["input_ids"].shape[1] + 4)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -360,8 +561,13 @@ def test_token_id_mismatch_raises(pal, tiny_llm_dir, tiny_whisper_dir):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_docs_examples_run(tiny_llm_dir, tiny_whisper_dir, tmp_path, monkeypatch):
-    hub_ids = {"meta-llama/Llama-3.2-1B-Instruct": tiny_llm_dir("llama"), "openai/whisper-large-v3": tiny_whisper_dir}
+def test_docs_examples_run(tiny_llm_dir, tiny_whisper_dir, tiny_encoder_dir, tmp_path, monkeypatch):
+    hub_ids = {
+        "meta-llama/Llama-3.2-1B-Instruct": tiny_llm_dir("llama"),
+        "openai/whisper-large-v3": tiny_whisper_dir,
+        "laion/clap-htsat-unfused": tiny_encoder_dir("clap"),
+        "facebook/hubert-base-ls960": tiny_encoder_dir("hubert"),
+    }
     source = DOCS.read_text(encoding="utf-8")
     for hub_id, local in hub_ids.items():
         assert hub_id in source
