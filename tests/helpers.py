@@ -1,8 +1,9 @@
 """
 Model inputs built by hand for the model tests (the processor has its own tests), and checks shared by test modules.
 
-Each encoder family gets a test windowing here: a clip is cut into the feature extractor's fixed windows, which are
-featurized and zero-padded, with a mask of the valid feature frames (mel/filterbank frames, or samples).
+A clip is cut into each encoder's windows by the processor's windowing (`processing_pal.encoder_windows`); the
+layout (placeholders, markers, batch-major windows) is built here by hand. tests/test_processor.py pins the
+windowing's frame counts and padding.
 """
 
 import json
@@ -15,11 +16,10 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM
 
 from modeling_pal.configuration_pal import num_encoder_tokens, num_plits_tokens
+from modeling_pal.processing_pal import encoder_windows as processor_windows
 
 SAMPLING_RATE = 16000
-HOP = 160  # 10 ms frames (Whisper, CLAP as configured in the tests, AST's Kaldi filterbank)
-AST_FRAME = 400  # AST's 25 ms Kaldi frame
-WAVEFORM_WINDOW = 8000  # 0.5 s windows for waveform encoders
+WAVEFORM_WINDOW = 8000  # 0.5 s windows for waveform encoders (the processor's `waveform_window_seconds`)
 
 
 def clip(seconds: float, seed: int) -> np.ndarray:
@@ -27,70 +27,10 @@ def clip(seconds: float, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(int(SAMPLING_RATE * seconds)).astype(np.float32) * 0.1
 
 
-def split(samples: np.ndarray, size: int) -> list[np.ndarray]:
-    return [samples[start : start + size] for start in range(0, len(samples), size)]
-
-
-def frames_mask(valid: list[int], num_frames: int) -> torch.Tensor:
-    return (torch.arange(num_frames)[None, :] < torch.tensor(valid)[:, None]).long()
-
-
-def whisper_windows(extractor, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(W, mel, frames)` log-mels and the extractor's frame mask `(W, frames)`."""
-    out = extractor(
-        split(samples, extractor.n_samples),
-        sampling_rate=SAMPLING_RATE,
-        padding="max_length",
-        return_attention_mask=True,
-        return_tensors="pt",
-    )
-    return out.input_features, out.attention_mask
-
-
-def clap_windows(extractor, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-padded windows `(W, 1, frames, mels)`; frame i is valid when its centre `i * hop` lies in the clip."""
-    pieces = split(samples, extractor.nb_max_samples)
-    features = extractor(
-        pieces, sampling_rate=SAMPLING_RATE, padding="zeros", truncation="rand_trunc", return_tensors="pt"
-    ).input_features
-    valid = [-(-len(piece) // extractor.hop_length) for piece in pieces]
-    return features, frames_mask(valid, features.shape[-2])
-
-
-def ast_windows(extractor, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """`max_length` filterbank frames per window `(W, frames, mels)`; a clip's frames are its whole 25 ms frames."""
-    pieces = split(samples, extractor.max_length * HOP)
-    features = extractor(pieces, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_values
-    valid = [max(0, (len(piece) - AST_FRAME) // HOP + 1) for piece in pieces]
-    return features, frames_mask(valid, features.shape[-2])
-
-
-def waveform_windows(extractor, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """0.5 s windows of normalised samples `(W, samples)` and their sample mask."""
-    out = extractor(
-        split(samples, WAVEFORM_WINDOW),
-        sampling_rate=SAMPLING_RATE,
-        padding="max_length",
-        max_length=WAVEFORM_WINDOW,
-        return_attention_mask=True,
-        return_tensors="pt",
-    )
-    return out.input_values, out.attention_mask
-
-
-WINDOWS = {
-    "whisper": whisper_windows,
-    "clap_audio_model": clap_windows,
-    "audio-spectrogram-transformer": ast_windows,
-    "wav2vec2": waveform_windows,
-    "hubert": waveform_windows,
-    "data2vec-audio": waveform_windows,
-}
-
-
 def encoder_windows(audio_config, extractor, samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """A clip's windows for one encoder: features `(W, *feature_shape)` and feature mask `(W, frames)`."""
-    return WINDOWS[audio_config.model_type](extractor, samples)
+    """A clip's windows for one encoder, cut by the processor: features `(W, *feature_shape)`, mask `(W, frames)`."""
+    features, mask = processor_windows(audio_config.model_type, extractor, samples, WAVEFORM_WINDOW / SAMPLING_RATE)
+    return torch.from_numpy(features), torch.from_numpy(mask)
 
 
 def build_inputs(model, extractors, samples: list[list]) -> dict:
