@@ -325,6 +325,17 @@ def test_clap_windows_and_masks(composed):
     assert (last[60:] == -100).all()  # zero padding at CLAP's -100 dB floor, not the repeated clip ("repeatpad")
 
 
+def test_clap_features_equal_the_extractors_zero_padded_window(composed):
+    """The processor transforms only a window's audio; the result equals the extractor run on the padded window."""
+    _, processor = composed(("clap",), "lal")
+    extractor = processor.feature_extractor
+    clip = noise(0.37, 64) * 3
+    inputs = processor(text=ask(processor, 1), audio=clip)
+    at_rate = resample(clip, processor.sampling_rate, extractor.sampling_rate)
+    expected = extractor(at_rate, sampling_rate=extractor.sampling_rate, padding="zeros", return_tensors="pt")
+    torch.testing.assert_close(inputs["audio_features_0"][0, 0], expected["input_features"][0], rtol=0, atol=0)
+
+
 def test_ast_remainder_shorter_than_a_frame(composed):
     """A last window too short for one 25 ms frame is all padding: no valid frames, no placeholders."""
     _, processor = composed(("ast",), "plits")
