@@ -11,29 +11,21 @@ CAPTION_TASKS = ("captioning", "open_qa")
 ASR_TASKS = ("transcription",)
 
 
-def prompt_messages(row: dict, audio_key: str = "audio") -> list[dict]:
+def prompt_messages(row: dict) -> list[dict]:
     """
-    The row's chat up to (not including) its last assistant turn, with audio items that carry no value filled with
-    the row's own audio (`{"array", "sampling_rate"}`), as `PalProcessor.apply_chat_template` takes it.
+    The row's chat up to (not including) its last assistant turn, as `PalProcessor.apply_chat_template` takes it:
+    each audio item holds its clip as a 16 kHz array (items without a value take the row's `audio` column).
     """
+    from ..training.collator import normalize_messages
+
     messages = row["messages"]
     last_assistant = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
-    clips = row.get(audio_key)
-    clips = list(clips) if isinstance(clips, (list, tuple)) else [clips]
-    prompt = []
-    for message in messages[:last_assistant]:
-        content = message["content"]
-        if isinstance(content, str):
-            prompt.append({"role": message["role"], "content": content})
-            continue
-        items = []
-        for item in content:
+    prompt, clips = normalize_messages(messages[:last_assistant], row.get("audio"))
+    clips = iter(clips)
+    for message in prompt:
+        for item in message["content"] if isinstance(message["content"], list) else []:
             if item["type"] == "audio":
-                value = next((item[key] for key in ("audio", "path", "url") if item.get(key) is not None), None)
-                items.append({"type": "audio", "audio": _as_array(value if value is not None else clips.pop(0))})
-            else:
-                items.append({"type": "text", "text": item["text"]})
-        prompt.append({"role": message["role"], "content": items})
+                item["audio"] = _as_array(next(clips))
     return prompt
 
 
