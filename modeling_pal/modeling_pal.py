@@ -408,7 +408,8 @@ class PalLalAttentionMixin:
         if inputs.audio_position_embeddings is not None:
             cos, sin = inputs.audio_position_embeddings
             keys = keys * cos.unsqueeze(1) + rotate_half(keys) * sin.unsqueeze(1)
-        return keys, v_proj(states).view(shape).transpose(1, 2)
+        # contiguous: decoding concatenates these onto the text keys/values at every step
+        return keys.contiguous(), v_proj(states).view(shape).transpose(1, 2).contiguous()
 
     def text_query_key_values(self, hidden_states, position_embeddings):
         hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)

@@ -1,0 +1,390 @@
+"""
+PAL efficiency benchmark: text-only LLM, PLITS, LAL, PAL, hybrid and Transformers' Qwen2-Audio at equal Na (audio
+tokens or audio K/V columns per sample) and equal Nt (text positions), each variant and Na in its own process.
+
+    python benchmarks/efficiency.py --quick                    # Na = 500, ≤ 3 min on 2 CPU cores, acceptance targets
+    python benchmarks/efficiency.py                            # full CPU sweep (Na 125 … 15000), docs tables + plots
+    python benchmarks/efficiency.py --device cuda --shape paper  # Llama-3.2-1B + Whisper-large-v3 + CLAP, bf16
+    python benchmarks/efficiency.py --report                   # rebuild docs/benchmarks.md from the result files
+
+Measured per point: LLM-side training step (encoder outputs precomputed, LLM + connectors trainable, AdamW),
+end-to-end step (frozen encoder forward included), activation memory (CPU: bytes saved for backward; CUDA: peak
+allocation during the forward), prefill latency, cached decode tokens/s, audio K/V cache bytes, and the
+FLOP-predicted cost of the audio path next to the measured one. See benchmarks/README.md for the JSON schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from _report import SCHEMA_VERSION, markdown, plots, summarize, validate  # noqa: E402
+from _variants import SHAPES, VARIANT_HELP, VARIANTS, batch_for  # noqa: E402
+
+RESULTS = HERE / "results"
+DOCS = ROOT / "docs" / "benchmarks.md"
+IMAGES = ROOT / "docs" / "img"
+FULL_NA = [125, 500, 2000, 7500, 15000]
+MODES = {
+    # mode: shape, Na points, Nt, batch, Na above which batch is 1, repeats, warm-up steps, decode tokens
+    "quick": dict(
+        shape="cpu", na=[500], nt=64, batch=4, large_na=None, max_e2e_na=None,
+        repeats={"step": 3, "e2e": 1, "generate": 2, "prefill_e2e": 1}, warmup=1, decode_tokens=16,
+        activation_sweep=[125, 250, 500, 1000, 2000],
+    ),
+    "full": dict(
+        shape="cpu", na=FULL_NA, nt=64, batch=4, large_na=2000, max_e2e_na=2000,
+        repeats={"step": 3, "e2e": 2, "generate": 2, "prefill_e2e": 2}, warmup=1, decode_tokens=16,
+        activation_sweep=None, large_repeats={"step": 1, "e2e": 1, "generate": 1, "prefill_e2e": 1},
+    ),
+    "smoke": dict(
+        shape="smoke", na=[48, 96], nt=16, batch=2, large_na=64, max_e2e_na=None,
+        repeats={"step": 1, "e2e": 1, "generate": 1, "prefill_e2e": 1}, warmup=1, decode_tokens=2,
+        activation_sweep=[24, 48, 72],
+    ),
+}  # fmt: skip
+REPORT_SECTIONS = {
+    "efficiency-quick.json": "Quick run (CPU, Na = 500)",
+    "efficiency-cpu.json": "Full CPU sweep",
+    "efficiency-cpu-reduced.json": "Reduced CPU sweep (code-path check)",
+    "efficiency-paper-cuda.json": "Paper shapes on CUDA (bf16)",
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="Na = 500, Nt = 64, batch 4, CPU shapes (≤ 3 minutes)")
+    mode.add_argument("--smoke", action="store_true", help="tiny shapes, 1 repeat (the test suite's mode)")
+    mode.add_argument("--report", action="store_true", help="only rebuild docs/benchmarks.md and plots from results/")
+    mode.add_argument(
+        "--refresh",
+        type=Path,
+        metavar="JSON",
+        help="recompute the FLOP model and the summary of an existing result file from its raw points (no timing)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="model shapes (default: cpu; smoke for --smoke)")
+    parser.add_argument("--dtype", help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
+    parser.add_argument("--na", help="comma-separated Na points (overrides the mode's)")
+    parser.add_argument("--nt", type=int, help="text positions per sample")
+    parser.add_argument("--batch", type=int, help="batch size (Na ≤ --large-na)")
+    parser.add_argument("--large-na", type=int, help="batch 1 above this Na (full sweep: 2000); 0 = never")
+    parser.add_argument("--repeats", type=int, help="timed repeats of every measurement")
+    parser.add_argument(
+        "--max-e2e-na",
+        type=int,
+        help="end-to-end step / prefill only up to this Na (full CPU sweep: 2000, to fit 30 minutes); 0 = always",
+    )
+    parser.add_argument("--pal-lal-fraction", type=float, default=0.5, help="PAL: share of Na that CLAP sends via LAL")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per worker")
+    parser.add_argument("--memory-limit-gb", type=float, help="address-space limit per CPU worker (OOM → 'oom')")
+    parser.add_argument("--point-timeout", type=float, default=1800, help="seconds before a point is 'timeout'")
+    parser.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        help="OMP_WAIT_POLICY of the workers: PASSIVE (default) keeps shared, oversubscribed cores usable; "
+        "ACTIVE spins (slightly faster on an idle machine, 10-30× slower on a busy one)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--launcher",
+        choices=["forkserver", "exec"],
+        help="how points get their own process (default: forkserver on CPU, exec on CUDA)",
+    )
+    parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/efficiency-<mode>.json)")
+    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md and plots")
+    parser.add_argument("--simulate-oom-na", type=int, help=argparse.SUPPRESS)  # test hook: points at Na ≥ N 'oom'
+    return parser.parse_args(argv)
+
+
+def environment(args, device: str) -> dict:
+    import torch
+    import transformers
+
+    env = {
+        "device": device,
+        "device_name": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_start": list(os.getloadavg()),
+    }
+    if device.startswith("cuda"):
+        env["device_name"] = torch.cuda.get_device_name()
+    return env
+
+
+def default_memory_limit() -> int | None:
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    available = int(re.search(r"MemAvailable:\s+(\d+)", text).group(1)) * 1024
+    return int(min(0.6 * available, 16 * 2**30))
+
+
+PRELOAD = [
+    "_worker",
+    "modeling_pal",
+    "transformers.models.llama.modeling_llama",
+    "transformers.models.qwen2_audio.modeling_qwen2_audio",
+    "transformers.generation.utils",
+]
+
+
+class Launcher:
+    """
+    Starts every point in a fresh process. CPU: children forked from a fork server that imported torch/transformers
+    once and never ran a torch op (no per-point import cost, still one process per point). CUDA: a fresh interpreter
+    per point (CUDA cannot be forked).
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.context = None
+        if kind == "forkserver":
+            import multiprocessing
+
+            self.context = multiprocessing.get_context("forkserver")
+            self.context.set_forkserver_preload(PRELOAD)
+
+    def run(self, spec_path: Path, out_path: Path, timeout: float) -> tuple[int | None, str]:
+        if self.context is None:
+            command = [sys.executable, str(HERE / "_worker.py"), str(spec_path), str(out_path)]
+            try:
+                proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+            except subprocess.TimeoutExpired:
+                return None, ""
+            return proc.returncode, proc.stderr
+        import _worker
+
+        process = self.context.Process(target=_worker.main, args=(str(spec_path), str(out_path)))
+        process.start()
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+            return None, ""
+        return process.exitcode, ""
+
+
+def run_point(spec: dict, timeout: float, launcher: Launcher) -> dict:
+    """Runs one point in its own process; a crash or kill still yields a point (status oom / error / timeout)."""
+    with tempfile.TemporaryDirectory(prefix="pal-bench-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(spec))
+        returncode, stderr = launcher.run(spec_path, out_path, timeout)
+        point = json.loads(out_path.read_text()) if out_path.exists() else None
+    base = {key: spec[key] for key in ("variant", "na", "batch", "nt")}
+    empty = {"timings": {}, "timings_cpu": {}, "memory": {}, "kv_cache": {}, "tokens": {}, "flops": {}, "params": {}}
+    if returncode is None:
+        return {**base, **empty, **(point or {}), "status": "timeout", "reason": f"no result within {timeout:.0f} s"}
+    if returncode != 0 or point is None:
+        killed = returncode is not None and returncode < 0 and -returncode == 9
+        status = "oom" if killed else "error"
+        reason = "killed by SIGKILL (the kernel's OOM killer)" if killed else f"exit {returncode}: {stderr[-1500:]}"
+        return {**base, **empty, **(point or {}), "status": status, "reason": reason}
+    return point
+
+
+def write(results: dict, path: Path) -> None:
+    results["summary"] = summarize(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def build_report(result_files: list[Path] | None = None, docs: Path = DOCS, images: Path = IMAGES) -> None:
+    """Rewrites the generated part of docs/benchmarks.md (between the markers) from the result files, with plots."""
+    files = result_files or [RESULTS / name for name in REPORT_SECTIONS if (RESULTS / name).exists()]
+    sections = []
+    for path in files:
+        results = json.loads(path.read_text())
+        title = REPORT_SECTIONS.get(path.name, path.stem)
+        sections.append(markdown(results, title))
+        if len({row["na"] for row in results["summary"]["per_point"]}) > 1:
+            for image in plots(results, images, path.stem):
+                sections.append(f"![cost vs Na, {title}](img/{image.name})\n")
+    generated = "\n".join(sections)
+    begin, end = "<!-- BEGIN GENERATED TABLES -->", "<!-- END GENERATED TABLES -->"
+    text = docs.read_text() if docs.exists() else f"# PAL efficiency benchmarks\n\n{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1] if end in rest else ""
+    docs.write_text(f"{head}{begin}\n\n{generated}\n{end}{tail}")
+
+
+def refresh(path: Path) -> None:
+    """Recomputes each point's analytical FLOPs (from its stored token layout) and the summary; raw data untouched."""
+    import _flops
+
+    results = json.loads(path.read_text())
+    dims = _flops.llm_dims(results["settings"]["shape"]["llm"])
+    for point in results["points"]:
+        if point.get("tokens"):
+            layout = _flops.layout_from_point(point)
+            point["flops"] = _flops.variant_step(dims, layout, point["batch"], point["nt"])
+    write(results, path)
+    errors = validate(results)
+    if errors:
+        raise SystemExit("schema errors:\n  " + "\n  ".join(errors[:20]))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.refresh:
+        refresh(args.refresh)
+        print(f"refreshed {args.refresh}")
+        return 0
+    if args.report:
+        build_report()
+        print(f"wrote {DOCS}")
+        return 0
+    mode_name = "quick" if args.quick else "smoke" if args.smoke else "full"
+    mode = dict(MODES[mode_name])
+    device = args.device
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print(
+                "error: --device cuda was requested but torch.cuda.is_available() is False (no GPU or a CPU-only "
+                "torch build). Run without --device for the CPU benchmark.",
+                file=sys.stderr,
+            )
+            return 2
+    shape_name = args.shape or mode["shape"]
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        print(f"error: unknown variants {sorted(unknown)}; known: {VARIANTS}", file=sys.stderr)
+        return 2
+    if "text" not in variants:
+        variants.insert(0, "text")  # the reference of every ratio
+    na_points = [int(x) for x in args.na.split(",")] if args.na else mode["na"]
+    large_na = mode["large_na"] if args.large_na is None else (args.large_na or None)
+    repeats = {key: args.repeats for key in mode["repeats"]} if args.repeats else mode["repeats"]
+    on_gpu = device.startswith("cuda")  # the CPU time-budget cuts (fewer repeats, no e2e at large Na) do not apply
+    large_repeats = repeats if args.repeats or on_gpu else mode.get("large_repeats", repeats)
+    max_e2e_na = (None if on_gpu else mode["max_e2e_na"]) if args.max_e2e_na is None else (args.max_e2e_na or None)
+    customised = any(value is not None for value in (args.na, args.nt, args.batch, args.shape, args.variants))
+    output = args.output or RESULTS / (
+        f"efficiency-{mode_name}.json"
+        if mode_name != "full"
+        else "efficiency-paper-cuda.json"
+        if shape_name == "paper"
+        else "efficiency-cpu.json"
+    )
+    settings = {
+        "shape_name": shape_name,
+        "shape": SHAPES[shape_name],
+        "nt": args.nt or mode["nt"],
+        "na_points": na_points,
+        "batch": args.batch or mode["batch"],
+        "large_na": large_na,
+        "variants": variants,
+        "variant_help": {v: VARIANT_HELP[v] for v in variants},
+        "repeats": repeats,
+        "large_na_repeats": large_repeats,
+        "max_e2e_na": max_e2e_na,
+        "warmup": mode["warmup"],
+        "decode_tokens": mode["decode_tokens"],
+        "activation_sweep": mode["activation_sweep"],
+        "pal_lal_fraction": args.pal_lal_fraction,
+        "dtype": dtype,
+        "seed": args.seed,
+        "memory_limit_bytes": None if device.startswith("cuda") else args.memory_limit_gb and int(
+            args.memory_limit_gb * 2**30
+        ) or default_memory_limit(),
+    }  # fmt: skip
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "mode": "custom" if customised and mode_name != "smoke" else mode_name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "complete": False,
+        "environment": environment(args, device),
+        "settings": settings,
+        "points": [],
+        "summary": None,
+    }
+    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # inherited by the fork server / worker processes
+    results["environment"]["omp_wait_policy"] = args.omp_wait_policy
+    launcher = Launcher(args.launcher or ("exec" if device.startswith("cuda") else "forkserver"))
+    settings["launcher"] = launcher.kind
+    started = time.perf_counter()
+    for na in na_points:
+        batch = batch_for(na, settings["batch"], large_na)
+        for variant in variants:
+            spec = {
+                "variant": variant,
+                "na": na,
+                "batch": batch,
+                "nt": settings["nt"],
+                "shape": settings["shape"],
+                "device": device,
+                "dtype": dtype,
+                "threads": args.threads,
+                "repeats": repeats if large_na is None or na <= large_na else large_repeats,
+                "warmup": settings["warmup"],
+                "warmup_max_na": large_na,
+                "max_e2e_na": max_e2e_na,
+                "decode_tokens": settings["decode_tokens"],
+                "seed": args.seed,
+                "pal_lal_fraction": args.pal_lal_fraction,
+                "activation_sweep": settings["activation_sweep"] if na == na_points[0] else None,
+                "activation_sweep_variants": ["lal"],
+                "memory_limit_bytes": settings["memory_limit_bytes"],
+                "simulate_oom_na": args.simulate_oom_na,
+            }
+            point = run_point(spec, args.point_timeout, launcher)
+            results["points"].append(point)
+            step = point["timings"].get("llm_step_s")
+            print(
+                f"[{time.perf_counter() - started:6.0f}s] Na={na:>5} batch={batch} {variant:<10} {point['status']:<11}"
+                + (f" LLM step {sorted(step)[len(step) // 2]:.3f}s" if step else "")
+                + (f"  ({(point['reason'] or '').strip().splitlines()[-1][:150]})" if point["reason"] else ""),
+                flush=True,
+            )
+            write(results, output)  # after every point
+    results["complete"] = True
+    results["environment"]["load_average_end"] = list(os.getloadavg())
+    results["environment"]["wall_s"] = time.perf_counter() - started
+    write(results, output)
+    errors = validate(results)
+    if errors:
+        print("schema errors:\n  " + "\n  ".join(errors[:20]), file=sys.stderr)
+        return 1
+    print(f"wrote {output} ({results['environment']['wall_s']:.0f} s)")
+    for target in results["summary"]["targets"]:
+        verdict = {True: "pass", False: "FAIL", None: "n/a"}[target["pass"]]
+        value = "–" if target["value"] is None else f"{target['value']:.3f}"
+        print(f"  {verdict:<4} {target['description']}: {value} ({target['op']} {target['threshold']})")
+    if mode_name == "full" and not args.no_docs and output.parent == RESULTS:
+        build_report()
+        print(f"wrote {DOCS} and plots in {IMAGES}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

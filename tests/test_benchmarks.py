@@ -1,0 +1,240 @@
+"""
+The efficiency benchmark (benchmarks/efficiency.py): a smoke run (tiny shapes, 1 repeat, one simulated OOM point),
+its JSON against the documented schema, and every derived number recomputed from the raw measurements in the file.
+No timing assertions: timings on shared CPUs are noise.
+"""
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _report  # noqa: E402
+
+SMOKE_NA = (48, 96)
+OOM_NA = 96
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def lookup(results: dict, reference: dict):
+    """Independent resolver: the point's nested value, a list entering as its median."""
+    matches = [p for p in results["points"] if p["variant"] == reference["variant"] and p["na"] == reference["na"]]
+    assert len(matches) == 1, reference
+    value = matches[0]
+    for key in reference["path"].split("."):
+        value = value[key]
+    return median(value) if isinstance(value, list) else value
+
+
+def recompute(formula: str, v: dict) -> float:
+    if formula == "a/b":
+        return v["a"] / v["b"]
+    if formula == "(a-b)/(c*b/d)":
+        return (v["a"] - v["b"]) / (v["c"] * v["b"] / v["d"])
+    if formula == "(a/b)/(c/d)":
+        return (v["a"] / v["b"]) / (v["c"] / v["d"])
+    raise AssertionError(f"unknown formula {formula}")
+
+
+def check_results(results: dict) -> None:
+    """Schema, and every derived value of the summary recomputed from the raw data of the same file."""
+    assert _report.validate(results) == []
+    summary = results["summary"]
+
+    for row in summary["per_point"]:
+        point = next(p for p in results["points"] if p["variant"] == row["variant"] and p["na"] == row["na"])
+        if point["status"] not in ("ok", "partial"):
+            assert row["llm_step_s"] is None
+            continue
+        for key, raw in (
+            ("llm_step_s", point["timings"].get("llm_step_s")),
+            ("e2e_step_s", point["timings"].get("e2e_step_s")),
+            ("prefill_s", point["timings"].get("prefill_s")),
+            ("decode_step_s", point["timings"].get("decode_step_s")),
+        ):
+            assert row[key] == pytest.approx(median(raw), rel=1e-12) if raw else row[key] is None
+        assert row["llm_samples_per_s"] == pytest.approx(point["batch"] / median(point["timings"]["llm_step_s"]))
+        assert row["activation_bytes"] == point["memory"]["activation_bytes"]
+        assert row["flops_audio_path"] == pytest.approx(point["flops"]["audio_path"])
+        if "predicted_audio_path_s" in row:
+            text = next(p for p in results["points"] if p["variant"] == "text" and p["na"] == row["na"])
+            flop_rate = text["flops"]["total"] / median(text["timings"]["llm_step_s"])
+            assert row["predicted_audio_path_s"] == pytest.approx(point["flops"]["audio_path"] / flop_rate)
+            assert row["measured_audio_path_s"] == pytest.approx(
+                median(point["timings"]["llm_step_s"]) - median(text["timings"]["llm_step_s"])
+            )
+
+    assert summary["ratios"], "no ratios computed"
+    for ratio in summary["ratios"]:
+        values = {key: lookup(results, reference) for key, reference in ratio["inputs"].items()}
+        assert ratio["value"] == pytest.approx(recompute(ratio["formula"], values), rel=1e-12), ratio["name"]
+
+    for fit in summary["fits"]:
+        lal = [p for p in results["points"] if p["variant"] == "lal" and p["status"] in ("ok", "partial")]
+        raw = {e["na"]: e["activation_bytes"] / e["batch"] for p in lal for e in p["memory"].get("sweep", [])}
+        for p in lal:
+            raw.setdefault(p["na"], p["memory"]["activation_bytes"] / p["batch"])
+        assert fit["x"] == sorted(raw) and fit["y"] == [raw[x] for x in sorted(raw)]
+        slope, intercept = np.polyfit(fit["x"], fit["y"], 1)
+        assert fit["slope"] == pytest.approx(slope, rel=1e-6)
+        assert fit["intercept"] == pytest.approx(intercept, rel=1e-6, abs=1.0)
+        predicted = np.polyval([slope, intercept], fit["x"])
+        y = np.asarray(fit["y"])
+        r2 = 1 - ((y - predicted) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+        assert fit["r2"] == pytest.approx(r2, abs=1e-9)
+
+    fit_names = {fit["name"]: fit for fit in summary["fits"]}
+    na_points = sorted({p["na"] for p in results["points"]})
+    closest = 500 if 500 in na_points else None
+    for target in summary["targets"]:
+        uses = [
+            r["value"]
+            for r in summary["ratios"]
+            if r["name"] in target["uses"] and (target.get("scope") != "target_na" or r["na"] == closest)
+        ]
+        uses += [fit_names[name]["r2"] for name in target["uses"] if name in fit_names]
+        if not uses:
+            assert target["value"] is None and target["pass"] is None
+            continue
+        worst = min(uses) if target["op"] == ">=" else max(uses)
+        assert target["value"] == pytest.approx(worst)
+        cpu = [
+            r["value"]
+            for r in summary["ratios"]
+            if r["name"] == f"{target['name']}_cputime" and (target.get("scope") != "target_na" or r["na"] == closest)
+        ]
+        if cpu:
+            assert target["value_cputime"] == pytest.approx(min(cpu) if target["op"] == ">=" else max(cpu))
+        expected = worst >= target["threshold"] if target["op"] == ">=" else worst <= target["threshold"]
+        assert target["pass"] is expected
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    command = [
+        sys.executable, str(BENCH / "efficiency.py"), "--smoke", "--output", str(out),
+        "--simulate-oom-na", str(OOM_NA),
+    ]  # fmt: skip
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_smoke_run_is_complete_and_valid(smoke):
+    assert smoke["complete"] and smoke["mode"] == "smoke"
+    variants = smoke["settings"]["variants"]
+    assert set(variants) == {"text", "plits", "lal", "pal", "pal_plits", "hybrid", "qwen2audio"}
+    assert {(p["variant"], p["na"]) for p in smoke["points"]} == {(v, na) for v in variants for na in SMOKE_NA}
+    # each point ran in its own process
+    pids = [p["pid"] for p in smoke["points"] if "pid" in p]
+    assert len(pids) == len(smoke["points"]) and len(set(pids)) == len(pids)
+    check_results(smoke)
+
+
+def test_smoke_points_have_exact_token_counts_and_all_measurements(smoke):
+    nt = smoke["settings"]["nt"]
+    for point in smoke["points"]:
+        if point["na"] == OOM_NA and point["variant"] != "text":
+            assert point["status"] == "oom" and "simulated" in point["reason"]
+            continue
+        assert point["status"] == "ok", (point["variant"], point["reason"])
+        assert point["batch"] == (1 if point["na"] > smoke["settings"]["large_na"] else smoke["settings"]["batch"])
+        tokens = point["tokens"]
+        assert tokens["seq_len"] == nt + tokens["plits_tokens"]
+        if point["variant"] != "text":
+            assert tokens["na"] == point["na"] == tokens["plits_tokens"] + tokens["lal_columns"]
+        for key in ("llm_step_s", "e2e_step_s", "prefill_s", "prefill_e2e_s", "decode_step_s"):
+            assert point["timings"][key], (point["variant"], key)
+        assert point["memory"]["activation_bytes"] > 0
+        assert point["flops"]["total"] > 0
+    by = {(p["variant"], p["na"]): p for p in smoke["points"]}
+    na = SMOKE_NA[0]
+    assert by[("lal", na)]["tokens"]["plits_tokens"] == 0 and by[("lal", na)]["tokens"]["seq_len"] == nt
+    assert by[("pal", na)]["tokens"]["plits_tokens"] + by[("pal", na)]["tokens"]["lal_columns"] == na
+    assert by[("hybrid", na)]["tokens"]["plits_tokens"] > 0 and by[("hybrid", na)]["tokens"]["lal_columns"] > 0
+    # LAL keeps audio K/V only in its own store, PLITS only at placeholder positions of every layer
+    assert by[("lal", na)]["kv_cache"]["audio_bytes"] == by[("lal", na)]["kv_cache"]["lal_store_bytes"] > 0
+    assert by[("plits", na)]["kv_cache"]["lal_store_bytes"] == 0 < by[("plits", na)]["kv_cache"]["audio_bytes"]
+    assert by[("text", na)]["kv_cache"]["audio_bytes"] == 0
+    assert by[("lal", na)]["memory"]["sweep"]
+
+
+def test_flop_model_matches_hand_count():
+    import _flops
+
+    llm = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+               vocab_size=10)  # fmt: skip
+    dims = _flops.llm_dims(llm)
+    assert dims == {"d": 8, "layers": 2, "dq": 8, "dkv": 4, "ff": 16, "vocab": 10}
+    # per row: q 2·8·8 + k,v 2·2·8·4 + o 2·8·8 + FFN 2·3·8·16 = 128 + 128 + 128 + 768
+    assert _flops.dense_per_row(dims) == 1152
+    lal = _flops.lal_path(dims, batch=1, queries=3, columns=5, num_lal_layers=1, enc_width=6)
+    assert lal == {
+        "projector": 2 * 5 * 2 * 6 * 8,
+        "kv_projections": 3 * 5 * 2 * 8 * 8,
+        "scores_and_av": 3 * 4 * 8 * 3 * 5,
+    }
+    layout = {"plits_tokens": 0, "num_lal_layers": 1, "routes": [{"integration": "lal", "lal": 5, "width": 6}]}
+    step = _flops.variant_step(dims, layout, batch=1, nt=3)
+    assert step["audio_path"] == pytest.approx(sum(lal.values()))
+    assert step["total"] - step["text"] == pytest.approx(step["audio_path"])
+    # with PLITS tokens in the sequence (PAL, hybrid) they query the LAL columns too
+    pal = {**layout, "plits_tokens": 2}
+    scores = _flops.variant_step(dims, pal, batch=1, nt=3)["audio_breakdown"]["scores_and_av"]
+    assert scores == 3 * 4 * 8 * (3 + 2) * 5
+
+
+def test_committed_results_validate_and_recompute():
+    files = sorted((BENCH / "results").glob("efficiency-*.json"))
+    if not files:
+        pytest.skip("no committed benchmark results")
+    for path in files:
+        check_results(json.loads(path.read_text()))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_cuda_request_without_cuda_fails_clearly(tmp_path):
+    command = [sys.executable, str(BENCH / "efficiency.py"), "--device", "cuda", "--shape", "paper"]
+    command += ["--output", str(tmp_path / "x.json")]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "cuda" in proc.stderr.lower() and "is_available" in proc.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_paper_shapes_build_on_meta_device():
+    """The paper's shapes are valid configs: Llama-3.2-1B + Whisper-large-v3 encoder + CLAP HTSAT (no weights)."""
+    from _variants import SHAPES, clap_config, llama_config, whisper_config
+
+    from modeling_pal import PalConfig, PalForConditionalGeneration
+
+    shape = SHAPES["paper"]
+    config = PalConfig(
+        text_config=llama_config(shape),
+        audio_config_0=whisper_config(shape),
+        audio_config_1=clap_config(shape),
+        audio_encoders=[{"name": "whisper", "integration": "plits"}, {"name": "clap", "integration": "lal"}],
+        lal_start_layer=shape["lal_start_layer"],
+        audio_token_id=shape["llm"]["vocab_size"] - 2,
+        audio_placeholder_token_id=shape["llm"]["vocab_size"] - 1,
+    )
+    with torch.device("meta"):
+        model = PalForConditionalGeneration(config)
+    llm_params = sum(p.numel() for p in model.model.language_model.parameters())
+    assert 1.1e9 < llm_params < 1.3e9  # Llama-3.2-1B: 1.24 B with tied embeddings
+    assert config.lal_layers == list(range(4, 16))
+    assert math.isclose(sum(p.numel() for p in model.model.audio_towers[0].parameters()) / 1e6, 635, rel_tol=0.02)
