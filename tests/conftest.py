@@ -1,8 +1,11 @@
 """Session-scoped tiny components, built offline: tokenizers trained with `tokenizers`, random tiny LLMs and Whisper."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# evaluate and datasets write module and dataset caches under HF_HOME: keep the user's cache out of the tests
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="pal-tests-hf-home-"))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
