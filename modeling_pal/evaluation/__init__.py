@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 METRICS_DIR = Path(__file__).parent / "metrics"
-METRIC_NAMES = ("accuracy", "bleu", "caption_metrics", "cer", "mean_average_precision", "wer")
+METRIC_NAMES = ("accuracy", "bleu", "caption_metrics", "mean_average_precision", "wer")
 
 
 def load_metric(name: str, **kwargs) -> "evaluate.EvaluationModule":

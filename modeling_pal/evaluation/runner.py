@@ -72,10 +72,7 @@ def score_predictions(rows, predictions: list[str]) -> dict[str, dict]:
         task_predictions = [predictions[i] for i in indices]
         if task in ASR_TASKS:
             references = [row["transcript"] or row["answer"] for row in task_rows]
-            metrics = {
-                **load_metric("wer").compute(predictions=task_predictions, references=references),
-                **load_metric("cer").compute(predictions=task_predictions, references=references),
-            }
+            metrics = load_metric("wer").compute(predictions=task_predictions, references=references)
         elif task in CAPTION_TASKS:
             references = [[row["answer"]] for row in task_rows]
             metrics = load_metric("caption_metrics").compute(predictions=task_predictions, references=references)

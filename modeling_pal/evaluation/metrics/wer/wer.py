@@ -1,4 +1,4 @@
-"""Word error rate as an `evaluate` metric, computed by jiwer after Whisper's text normalisation."""
+"""Word and character error rates as one `evaluate` metric, computed by jiwer after Whisper's text normalisation."""
 
 import datasets
 import evaluate
@@ -6,7 +6,8 @@ import jiwer
 from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
 _DESCRIPTION = (
-    "Corpus word error rate (substitutions + deletions + insertions over reference words, `jiwer.wer`). "
+    "Corpus word and character error rates (substitutions + deletions + insertions over reference words, "
+    "`jiwer.wer`, or characters, `jiwer.cer`). "
     "By default both sides first go through Whisper's `BasicTextNormalizer` (lower-case, drop text in brackets or "
     "parentheses, punctuation and symbols to spaces, collapse whitespace). Whisper's `EnglishTextNormalizer` is not "
     "used: it needs the English spelling map (`normalizer.json`) that only Whisper checkpoints ship."
@@ -22,12 +23,12 @@ Args:
         Whether to apply `BasicTextNormalizer` to both sides before scoring.
 
 Returns:
-    `dict`: `{"wer": float}`, 0 for a perfect match; can exceed 1 when the model inserts words.
+    `dict`: `{"wer": float, "cer": float}`, 0 for a perfect match; can exceed 1 when the model inserts words.
 
 Example:
     >>> wer = load_metric("wer")
     >>> wer.compute(predictions=["Hello, World!"], references=["hello world"])
-    {'wer': 0.0}
+    {'wer': 0.0, 'cer': 0.0}
 """
 
 _CITATION = """
@@ -58,4 +59,4 @@ class Wer(evaluate.Metric):
             normalizer = BasicTextNormalizer()
             predictions = [normalizer(text) for text in predictions]
             references = [normalizer(text) for text in references]
-        return {"wer": float(jiwer.wer(references, predictions))}
+        return {"wer": float(jiwer.wer(references, predictions)), "cer": float(jiwer.cer(references, predictions))}
