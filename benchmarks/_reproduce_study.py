@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -304,6 +305,23 @@ class StepTimer(TrainerCallback):
             self._start = None
 
 
+def components_summary(components: Path) -> dict | None:
+    """The numeric metrics of the components' `manifest.json` (pretrain_components), non-finite values as null."""
+    manifest = Path(components, "manifest.json")
+    if not manifest.is_file():
+        return None
+    metrics = json.loads(manifest.read_text()).get("metrics", {})
+    summary = {}
+    for name, values in metrics.items():
+        if isinstance(values, dict):
+            summary[name] = {
+                key: (value if math.isfinite(value) else None)
+                for key, value in values.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+            }
+    return summary
+
+
 def environment() -> dict:
     return {
         "python": platform.python_version(),
@@ -312,6 +330,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
@@ -381,6 +400,7 @@ def run_one(
         "description": VARIANTS[variant].description,
         "recipe": recipe,
         "components": str(components),
+        "components_metrics": components_summary(components),
         "data": str(data),
         "environment": environment(),
     }

@@ -13,7 +13,11 @@ and `test_compositional`; 3 seeds each. Writes one JSON per (variant, seed) to `
     python benchmarks/reproduce.py --smoke --results /tmp/r --docs /tmp/r.md   # tiny components, seconds
 
 Variants: plits, lal, pal, hybrid, lal_layer0, lal_frozen_ffn, lal_clap (see `_reproduce_study.VARIANTS`).
-Run JSON schema: `_reproduce_report.RUN_SCHEMA` (documented in benchmarks/README.md's companion docs/results.md).
+Each run: the three stages with `max_seconds` 45 (`--stage-seconds`), greedy answers on 16 rows per task and split
+(`--rows-per-task`); about 2.5-3 min on 2 shared cores with OMP_WAIT_POLICY=PASSIVE (set here: spinning OpenMP
+threads on oversubscribed cores made steps and generation several times slower). Runs go seed-major, so a partial
+study has every variant of its first seeds. Run JSON schema: `_reproduce_report.RUN_SCHEMA`, described in the
+"Run files" section of docs/results.md.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from pathlib import Path
 for _name, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_name, _value)
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would flood a background run's log
+# Spinning OpenMP threads on 2 shared cores make every step and generate call several times slower (before torch)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -44,13 +50,11 @@ COMPONENTS = ROOT / "outputs" / "demo" / "components"
 DATA = ROOT / "outputs" / "demo" / "pal_synth"
 WORK = ROOT / "outputs" / "reproduce"
 SMOKE_WORK = ROOT / "outputs" / "reproduce-smoke"
-ROWS_PER_TASK = 6
+ROWS_PER_TASK = 16
 # Every stage's max_seconds (the recipe's 50/55/55 s, plus setup and evaluation, overran 4 min on 2 loaded cores)
 STAGE_SECONDS = 45.0
 RUN_LIMIT_MINUTES = 4.0  # a (variant, seed) run must fit; --time-limit-minutes starts no run that would not
-FULL_COMMAND = (
-    ".venv/bin/python benchmarks/reproduce.py --seeds 0,1,2   # all variants; --report-only rebuilds this page"
-)
+FULL_COMMAND = ".venv/bin/python benchmarks/reproduce.py --seeds 0,1,2"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -139,10 +143,12 @@ def run_study(args: argparse.Namespace) -> list[dict]:
                 f"python -m modeling_pal.data.pretrain_components --data {data} --out {components}"
             )
     base = study.base_recipe(smoke=args.smoke, stage_seconds=args.stage_seconds)
-    protocol = study.protocol_fingerprint(base, study.evaluation_settings(args.rows_per_task), components, args.smoke)
+    evaluation = study.evaluation_settings(args.rows_per_task)
     records = []
     for seed in args.seeds:  # seed-major: a partial study still has every variant of its first seeds
         for variant in args.variants:
+            # per run: components re-pretrained during a study must not pass for the ones earlier runs used
+            protocol = study.protocol_fingerprint(base, evaluation, Path(components), args.smoke)
             path = args.results / f"{variant}-seed{seed}.json"
             recipe = study.derive_recipe(base, variant, seed)
             if not args.force and finished(path, protocol, recipe):
@@ -167,6 +173,8 @@ def run_study(args: argparse.Namespace) -> list[dict]:
                 smoke=args.smoke,
                 keep_checkpoints=args.keep_checkpoints,
             )
+            if study.protocol_fingerprint(base, evaluation, Path(components), args.smoke) != protocol:
+                record.update(status="error", error="the components changed during the run")
             errors = validate(record)
             if errors:  # a bug in the writer: keep the record, marked failed, rather than lose the run
                 record.update(status="error", error="schema: " + "; ".join(errors[:5]))
