@@ -28,45 +28,45 @@ def train_for_budget(
     model: torch.nn.Module,
     next_batch: Callable[[int], dict],
     *,
-    deadline: float,
+    budget_seconds: float,
     max_steps: int | None,
     learning_rate: float,
     desc: str,
     compute_loss: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None,
 ) -> dict:
     """
-    Trains `model` with AdamW until `deadline` (a `time.perf_counter()` value) or `max_steps`, whichever comes first.
+    Trains `model` with AdamW for `budget_seconds` of wall-clock time or `max_steps`, whichever comes first.
 
-    The learning-rate schedule runs on the fraction of the budget spent (of `max_steps` when given), so it
-    always decays by the end. With `max_steps` and a generous deadline the run is exactly reproducible; with a
+    The learning-rate schedule runs on the fraction of the budget spent (of `max_steps` when given), so it always
+    decays by the end. With `max_steps` and a budget that is not reached, the run is exactly reproducible; with a
     time budget only the number of steps depends on the machine.
 
     Args:
         model: the model, trained in place.
         next_batch: returns the keyword arguments of step `i` (deterministic in `i`).
-        deadline: when to stop.
+        budget_seconds: how long to train.
         max_steps: optional step limit.
         learning_rate: the peak learning rate.
         desc: the progress bar's label.
         compute_loss: `(model, batch) -> loss`; defaults to `model(**batch).loss`.
 
     Returns:
-        `{"steps": int, "train_seconds": float, "final_train_loss": float}` (the loss is a 20-step running mean).
+        `{"steps", "train_seconds", "final_train_loss"}` (the loss is a 20-step running mean; `None` without steps).
     """
     compute_loss = compute_loss or (lambda module, batch: module(**batch).loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.98), weight_decay=0.01)
     model.train()
-    start = time.perf_counter()
-    budget = max(deadline - start, 1e-6)
-    step, recent = 0, []
-    with tqdm(total=max_steps or round(budget), desc=desc, unit="step" if max_steps else "s") as bar:
-        while True:
-            elapsed = time.perf_counter() - start
-            progress = step / max_steps if max_steps else elapsed / budget
-            if progress >= 1 or elapsed >= budget:
-                break
+    start, step, recent = time.perf_counter(), 0, []
+
+    def progress() -> float:
+        elapsed = (time.perf_counter() - start) / budget_seconds
+        return max(step / max_steps, elapsed if elapsed >= 1 else 0.0) if max_steps else elapsed
+
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}"
+    with tqdm(total=1.0, desc=desc, bar_format=bar_format) as bar:
+        while (done := progress()) < 1:
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(progress, step, learning_rate)
+                group["lr"] = learning_rate_at(done, step, learning_rate)
             loss = compute_loss(model, next_batch(step))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -74,11 +74,14 @@ def train_for_budget(
             optimizer.zero_grad(set_to_none=True)
             recent = (recent + [loss.item()])[-20:]
             step += 1
-            bar.n = step if max_steps else min(round(time.perf_counter() - start), bar.total)
             bar.set_postfix(step=step, loss=f"{np.mean(recent):.3f}", refresh=False)
-            bar.update(0)
+            bar.update(min(progress(), 1.0) - bar.n)
     model.eval()
-    return {"steps": step, "train_seconds": round(time.perf_counter() - start, 1), "final_train_loss": np.mean(recent)}
+    return {
+        "steps": step,
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "final_train_loss": float(np.mean(recent)) if recent else None,
+    }
 
 
 def decode_audio(dataset: Dataset, sampling_rate: int, desc: str) -> list[np.ndarray]:

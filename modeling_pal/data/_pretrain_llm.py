@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,7 +173,6 @@ def train_llm(
         Held-out perplexity of the trained and untrained model and of a unigram model on the same tokens, the
         step count, and sample answers.
     """
-    deadline = time.perf_counter() + budget_seconds
     torch.manual_seed(seed)
     train_ids = token_stream(documents(train, tokenizer, seed), tokenizer)
     eval_ids = token_stream(documents(held_out, tokenizer, seed), tokenizer)
@@ -189,7 +187,7 @@ def train_llm(
 
     untrained = held_out_loss(model, eval_blocks)
     stats = train_for_budget(
-        model, next_batch, deadline=deadline, max_steps=max_steps, learning_rate=LEARNING_RATE, desc="LLM"
+        model, next_batch, budget_seconds=budget_seconds, max_steps=max_steps, learning_rate=LEARNING_RATE, desc="LLM"
     )
     log_probs = unigram_log_probs([train_ids], len(tokenizer))
     model.generation_config = GenerationConfig(
