@@ -129,9 +129,9 @@ def test_batch_invariance_and_no_nan(family, integration, pal_model, extractor):
     check_batch_invariance(model, extractor, batch_samples, target=1)
 
 
-@pytest.mark.parametrize("integration", INTEGRATIONS)
-def test_eager_equals_sdpa_on_left_padded_batch(integration, pal_model, extractor):
-    model = pal_model("qwen2", integration)
+@pytest.mark.parametrize("family,integration", CASES)
+def test_eager_equals_sdpa_on_left_padded_batch(family, integration, pal_model, extractor):
+    model = pal_model(family, integration)
     inputs = build_inputs(
         model,
         extractor,
@@ -154,8 +154,10 @@ def test_save_load_roundtrip(family, integration, pal_model, extractor, tmp_path
     check_save_load(model, build_inputs(model, extractor, [[prompt(3), clip(1.0, 12), prompt(3, 40)]]), tmp_path)
 
 
-@pytest.mark.parametrize("integration", INTEGRATIONS)
-def test_trust_remote_code_without_package(integration, pal_model, extractor, tmp_path):
-    model = pal_model("llama", integration)
-    inputs = build_inputs(model, extractor, [[prompt(3), clip(1.0, 13), prompt(3, 40)]])
-    check_remote_code([(model, inputs)], tmp_path)
+def test_trust_remote_code_without_package(pal_model, extractor, tmp_path):
+    """Every family and integration, loaded in one subprocess that cannot import `modeling_pal`."""
+    cases = []
+    for family, integration in CASES:
+        model = pal_model(family, integration)
+        cases.append((model, build_inputs(model, extractor, [[prompt(3), clip(1.0, 13), prompt(3, 40)]])))
+    check_remote_code(cases, tmp_path)
