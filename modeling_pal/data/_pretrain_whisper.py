@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import jiwer
@@ -32,14 +33,10 @@ SAMPLING_RATE, CHUNK_SECONDS, NUM_MEL_BINS = 16000, 10, 80
 WHISPER_SIZE = {"d_model": 192, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4}
 MAX_LABEL_TOKENS = 64
 BATCH_SIZE, LEARNING_RATE = 8, 1.5e-3
-CTC_WEIGHT = 0.5
+CTC_WEIGHT, GUIDE_WEIGHT, GUIDE_WIDTH = 0.5, 1.0, 0.2
+DIGIT_SHARE = 0.5
 FRAMES_PER_SECOND = 50  # encoder frames after Whisper's stride-2 convolution
 DIGITS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "oh"}
-
-
-def speech_rows(dataset: Dataset) -> Dataset:
-    """The split's rows with a transcript (espeak-ng speech)."""
-    return dataset.filter(lambda transcript: bool(transcript), input_columns="transcript")
 
 
 def normalize(text: str) -> str:
@@ -53,11 +50,34 @@ def is_digit_string(text: str) -> bool:
     return bool(words) and set(words) <= DIGITS
 
 
-class WhisperWithCtc(nn.Module):
+def guided_attention_penalty(
+    weights: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor, guided: torch.Tensor
+) -> torch.Tensor:
     """
-    Training-time wrapper: Whisper's decoder loss plus an auxiliary CTC loss on the encoder output (through a linear
-    head that is dropped afterwards). CTC makes the encoder learn where the words are within a few hundred steps,
-    which attention alone does not on this budget; the saved checkpoint is the plain `WhisperForConditionalGeneration`.
+    Guided-attention penalty (Tachibana et al., 2018): the cross-attention mass that label `k` of `n` puts away from
+    relative time `(k + 0.5) / n` of its clip's speech (Gaussian width `GUIDE_WIDTH`), or on padding frames.
+
+    Args:
+        weights: `(B, N, T)` cross-attention weights (mean over heads).
+        labels: `(B, N)` labels, -100 for padding.
+        frames: `(B,)` encoder frames holding the clip.
+        guided: `(B,)` whether the clip is speech only (its words spread over the whole clip).
+    """
+    valid = labels != -100
+    centers = (torch.arange(labels.shape[1]) + 0.5)[None] / valid.sum(-1, keepdim=True)
+    times = torch.arange(weights.shape[-1])[None, None] / frames[:, None, None]
+    penalty = 1 - torch.exp(-((times - centers[..., None]) ** 2) / (2 * GUIDE_WIDTH**2))
+    penalty = torch.where(times > 1, 1.0, penalty)
+    mask = valid & guided[:, None]
+    return (weights * penalty).sum(-1)[mask].mean() if mask.any() else weights.new_zeros(())
+
+
+class AlignmentAidedWhisper(nn.Module):
+    """
+    Training-time wrapper that makes a Whisper trained from scratch align audio and text within a few hundred
+    steps: the decoder loss plus (1) CTC on the encoder output, through a linear head that is dropped afterwards,
+    and (2) a guided-attention penalty on the decoder's cross-attention for speech-only clips. The saved
+    checkpoint is the plain `WhisperForConditionalGeneration`.
     """
 
     def __init__(self, model: WhisperForConditionalGeneration, blank_id: int):
@@ -65,9 +85,26 @@ class WhisperWithCtc(nn.Module):
         self.model = model
         self.ctc_head = nn.Linear(model.config.d_model, model.config.vocab_size)
         self.blank_id = blank_id
+        self.cross_attention: list[torch.Tensor] = []
 
-    def forward(self, input_features: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        output = self.model(input_features=input_features, labels=labels)
+    def _capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Recomputes a cross-attention layer's weights (mean over heads) from its own projections."""
+        hidden, encoded = args[0] if args else kwargs["hidden_states"], kwargs["key_value_states"]
+        split = lambda states: states.unflatten(-1, (module.num_heads, module.head_dim)).transpose(1, 2)  # noqa: E731
+        scores = split(module.q_proj(hidden) * module.scaling) @ split(module.k_proj(encoded)).transpose(-1, -2)
+        self.cross_attention.append(scores.softmax(-1).mean(1))
+
+    def forward(
+        self, input_features: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor, guided: torch.Tensor
+    ) -> torch.Tensor:
+        layers = self.model.model.decoder.layers
+        hooks = [layer.encoder_attn.register_forward_pre_hook(self._capture, with_kwargs=True) for layer in layers]
+        try:
+            output = self.model(input_features=input_features, labels=labels)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        attention, self.cross_attention = self.cross_attention, []
         log_probs = self.ctc_head(output.encoder_last_hidden_state).log_softmax(-1).transpose(0, 1)
         targets = labels.masked_fill(labels == self.model.config.eos_token_id, -100)
         ctc = nn.functional.ctc_loss(
@@ -78,7 +115,8 @@ class WhisperWithCtc(nn.Module):
             blank=self.blank_id,
             zero_infinity=True,
         )
-        return output.loss + CTC_WEIGHT * ctc
+        guide = sum(guided_attention_penalty(weights, labels, frames, guided) for weights in attention) / len(layers)
+        return output.loss + CTC_WEIGHT * ctc + GUIDE_WEIGHT * guide
 
 
 def encoder_frames(clip: np.ndarray, config: WhisperConfig) -> int:
@@ -135,54 +173,80 @@ def features(clips: list[np.ndarray], extractor: WhisperFeatureExtractor) -> tor
 
 
 @torch.no_grad()
-def held_out_loss(model: WhisperForConditionalGeneration, inputs: torch.Tensor, labels: list[list[int]]) -> float:
+def held_out_loss(model: WhisperForConditionalGeneration, speech: SpeechSet) -> float:
     """Mean per-token cross-entropy on held-out clips."""
-    model.eval()
-    losses, counts = [], []
-    for start in range(0, len(labels), BATCH_SIZE):
-        batch_labels = pad_labels(labels[start : start + BATCH_SIZE])
-        loss = model(input_features=inputs[start : start + BATCH_SIZE].float(), labels=batch_labels).loss
-        losses.append(loss.item() * (batch_labels != -100).sum().item())
-        counts.append((batch_labels != -100).sum().item())
-    return sum(losses) / sum(counts)
+    total, count = 0.0, 0
+    for start in range(0, len(speech.labels), BATCH_SIZE):
+        labels = pad_labels(speech.labels[start : start + BATCH_SIZE])
+        loss = model(input_features=speech.inputs[start : start + BATCH_SIZE].float(), labels=labels).loss
+        total, count = total + loss.item() * (labels != -100).sum().item(), count + (labels != -100).sum().item()
+    return total / count
 
 
 @torch.no_grad()
-def transcribe(
-    model: WhisperForConditionalGeneration, inputs: torch.Tensor, tokenizer: PreTrainedTokenizerFast
-) -> list[str]:
-    """Greedy transcripts of `inputs` with the stock `generate`."""
-    model.eval()
+def transcribe(model: WhisperForConditionalGeneration, speech: SpeechSet, tokenizer) -> list[str]:
+    """Greedy transcripts with the stock `generate`, at most a few tokens longer than the longest reference."""
+    max_new_tokens = max(map(len, speech.labels)) + 8
     texts = []
-    for start in range(0, len(inputs), 32):
-        output = model.generate(input_features=inputs[start : start + 32].float(), max_new_tokens=MAX_LABEL_TOKENS)
+    for batch in speech.inputs.split(32):
+        output = model.generate(input_features=batch.float(), max_new_tokens=max_new_tokens)
         texts.extend(tokenizer.batch_decode(output, skip_special_tokens=True))
     return texts
 
 
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus WER of normalised texts (1.0 for an empty reference set)."""
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float | None:
+    """Corpus WER of normalised texts (`None` without references)."""
     if not references:
-        return float("nan")
+        return None
     return float(jiwer.wer([normalize(text) for text in references], [normalize(text) or "-" for text in hypotheses]))
 
 
-def asr_metrics(
-    model: WhisperForConditionalGeneration,
-    inputs: torch.Tensor,
-    transcripts: list[str],
-    labels: list[list[int]],
-    tokenizer: PreTrainedTokenizerFast,
-) -> dict:
+def asr_metrics(model: WhisperForConditionalGeneration, speech: SpeechSet, tokenizer) -> dict:
     """Held-out loss, WER on all speech and WER on digit strings."""
-    hypotheses = transcribe(model, inputs, tokenizer)
-    digits = [index for index, text in enumerate(transcripts) if is_digit_string(text)]
+    model.eval()
+    hypotheses = transcribe(model, speech, tokenizer)
+    pairs = list(zip(speech.transcripts, hypotheses))
+    digits = [pair for pair, is_digits in zip(pairs, speech.digits) if is_digits]
     return {
-        "loss": held_out_loss(model, inputs, labels),
-        "wer": word_error_rate(transcripts, hypotheses),
-        "digit_wer": word_error_rate([transcripts[i] for i in digits], [hypotheses[i] for i in digits]),
-        "examples": [{"reference": ref, "hypothesis": hyp} for ref, hyp in list(zip(transcripts, hypotheses))[:3]],
+        "loss": held_out_loss(model, speech),
+        "wer": word_error_rate(*zip(*pairs)) if pairs else None,
+        "digit_wer": word_error_rate(*zip(*digits)) if digits else None,
+        "examples": [{"reference": reference, "hypothesis": hypothesis} for reference, hypothesis in pairs[:3]],
     }
+
+
+@dataclass
+class SpeechSet:
+    """A split's speech clips ready for Whisper: features, frame counts, labels and row kinds."""
+
+    inputs: torch.Tensor
+    frames: torch.Tensor
+    transcripts: list[str]
+    labels: list[list[int]]
+    speech_only: torch.Tensor
+    digits: np.ndarray
+
+
+def speech_set(dataset: Dataset, extractor, tokenizer: PreTrainedTokenizerFast, config: WhisperConfig, desc: str):
+    """Decodes and featurises a split's rows with a transcript."""
+    dataset = dataset.filter(bool, input_columns="transcript")
+    clips = decode_audio(dataset, SAMPLING_RATE, f"Whisper {desc} audio")
+    transcripts = list(dataset["transcript"])
+    return SpeechSet(
+        inputs=features(clips, extractor),
+        frames=torch.tensor([encoder_frames(clip, config) for clip in clips]),
+        transcripts=transcripts,
+        labels=encode_labels(transcripts, tokenizer, config.eos_token_id),
+        speech_only=torch.tensor([events == ["speech"] for events in dataset["events"]]),
+        digits=np.asarray([is_digit_string(text) for text in transcripts]),
+    )
+
+
+def sampling_weights(digits: np.ndarray) -> np.ndarray:
+    """Row probabilities that give digit strings `DIGIT_SHARE` of each batch (when there are both kinds)."""
+    if digits.all() or not digits.any():
+        return np.full(len(digits), 1 / len(digits))
+    return np.where(digits, DIGIT_SHARE / digits.sum(), (1 - DIGIT_SHARE) / (~digits).sum())
 
 
 def train_whisper(
@@ -196,8 +260,8 @@ def train_whisper(
     max_steps: int | None = None,
 ) -> dict:
     """
-    Trains the small Whisper for ASR on the rows with a transcript and saves it, with its feature extractor
-    (10 s windows, 80 mels) and `tokenizer`, to `out_dir`.
+    Trains the small Whisper for ASR on the rows with a transcript (digit strings are `DIGIT_SHARE` of each batch)
+    and saves it, with its feature extractor (10 s windows, 80 mels) and `tokenizer`, to `out_dir`.
 
     Returns:
         Held-out WER (all speech and digit strings) and per-token loss of the trained and untrained model, the
@@ -208,14 +272,8 @@ def train_whisper(
         feature_size=NUM_MEL_BINS, sampling_rate=SAMPLING_RATE, chunk_length=CHUNK_SECONDS
     )
     config = whisper_config(tokenizer)
-    train, held_out = speech_rows(train), speech_rows(held_out)
-    train_clips = decode_audio(train, SAMPLING_RATE, "Whisper train audio")
-    train_frames = torch.tensor([encoder_frames(clip, config) for clip in train_clips])
-    train_inputs = features(train_clips, extractor)
-    eval_inputs = features(decode_audio(held_out, SAMPLING_RATE, "Whisper held-out audio"), extractor)
-    train_labels = encode_labels(list(train["transcript"]), tokenizer, config.eos_token_id)
-    eval_transcripts = list(held_out["transcript"])
-    eval_labels = encode_labels(eval_transcripts, tokenizer, config.eos_token_id)
+    train_set = speech_set(train, extractor, tokenizer, config, "train")
+    eval_set = speech_set(held_out, extractor, tokenizer, config, "held-out")
     model = WhisperForConditionalGeneration(config)
     model.generation_config = GenerationConfig(
         decoder_start_token_id=config.decoder_start_token_id,
@@ -224,15 +282,20 @@ def train_whisper(
         pad_token_id=config.pad_token_id,
         max_new_tokens=MAX_LABEL_TOKENS,
     )
+    weights = sampling_weights(train_set.digits)
 
     def next_batch(step: int) -> dict:
-        rows = seeded_generator(seed, 3, step).choice(len(train_labels), size=BATCH_SIZE, replace=False)
-        labels = pad_labels([train_labels[i] for i in rows])
-        return {"input_features": train_inputs[rows].float(), "labels": labels, "frames": train_frames[rows]}
+        rows = seeded_generator(seed, 3, step).choice(len(weights), size=BATCH_SIZE, replace=False, p=weights)
+        return {
+            "input_features": train_set.inputs[rows].float(),
+            "labels": pad_labels([train_set.labels[row] for row in rows]),
+            "frames": train_set.frames[rows],
+            "guided": train_set.speech_only[rows],
+        }
 
-    untrained = asr_metrics(model, eval_inputs, eval_transcripts, eval_labels, tokenizer)
+    untrained = asr_metrics(model, eval_set, tokenizer)
     stats = train_for_budget(
-        WhisperWithCtc(model, blank_id=config.pad_token_id),
+        AlignmentAidedWhisper(model, blank_id=config.pad_token_id),
         next_batch,
         budget_seconds=budget_seconds,
         max_steps=max_steps,
@@ -240,8 +303,7 @@ def train_whisper(
         desc="Whisper",
         compute_loss=lambda trainee, batch: trainee(**batch),
     )
-    trained = asr_metrics(model, eval_inputs, eval_transcripts, eval_labels, tokenizer)
-    log_probs = unigram_log_probs(train_labels, len(tokenizer))
+    trained = asr_metrics(model, eval_set, tokenizer)
     metrics = {
         "held_out_wer": trained["wer"],
         "held_out_digit_wer": trained["digit_wer"],
@@ -250,9 +312,10 @@ def train_whisper(
         "held_out_loss": trained["loss"],
         "untrained_loss": untrained["loss"],
         "held_out_perplexity": float(np.exp(trained["loss"])),
-        "unigram_perplexity": unigram_perplexity(log_probs, eval_labels),
-        "train_clips": len(train_labels),
-        "held_out_clips": len(eval_labels),
+        "unigram_perplexity": unigram_perplexity(unigram_log_probs(train_set.labels, len(tokenizer)), eval_set.labels),
+        "train_clips": len(train_set.labels),
+        "held_out_clips": len(eval_set.labels),
+        "held_out_digit_clips": int(eval_set.digits.sum()),
         "parameters": model.num_parameters(),
         **stats,
         "examples": trained["examples"],
@@ -261,8 +324,8 @@ def train_whisper(
     extractor.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     tqdm.write(
-        f"Whisper: held-out WER {metrics['held_out_wer']:.3f}, digits {metrics['held_out_digit_wer']:.3f} (untrained "
-        f"{metrics['untrained_wer']:.3f}); per-token perplexity {metrics['held_out_perplexity']:.2f} (unigram "
-        f"{metrics['unigram_perplexity']:.1f}) after {stats['steps']} steps"
+        f"Whisper: held-out WER {metrics['held_out_wer']:.3f}, on digits {metrics['held_out_digit_wer']:.3f} "
+        f"(untrained {metrics['untrained_wer']:.3f}, {metrics['untrained_digit_wer']:.3f}); per-token perplexity "
+        f"{metrics['held_out_perplexity']:.2f} (unigram {metrics['unigram_perplexity']:.1f}) after {stats['steps']} steps"
     )
     return metrics
