@@ -50,6 +50,8 @@ METRIC_CASES = {
     "accuracy": [
         {"predictions": [0, 1, 1, 0], "references": [0, 1, 0, 0]},
         {"predictions": ["Man", "Woman"], "references": ["Man", "Child"]},
+        # parsed answers of a mixed batch: the first looks like an integer, the rest do not
+        {"predictions": ["3", "yes", "no"], "references": ["3", "no", "no"]},
     ],
     "mean_average_precision": [
         {
@@ -150,7 +152,7 @@ def test_modules_are_loaded_through_evaluate_into_hf_home(metric_results, hf_hom
 
 
 def test_accuracy(metric_results):
-    assert metric_results["accuracy"] == [{"accuracy": 0.75}, {"accuracy": 0.5}]
+    assert metric_results["accuracy"] == [{"accuracy": 0.75}, {"accuracy": 0.5}, {"accuracy": pytest.approx(2 / 3)}]
 
 
 def test_mean_average_precision(metric_results):

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, PreTrainedTokenizerFast
 
+from ..processing_pal import resample
 from ._pretrain_common import decode_audio, seeded_generator, train_for_budget, unigram_log_probs
 
 SAMPLING_RATE = 48000
+CLIP_RATE = 16000  # PAL-Synth's rate: clips travel to the feature workers at it and are resampled there
 AUDIO_SIZE = {"depths": [1, 1, 1, 1], "num_attention_heads": [2, 2, 4, 4], "patch_embeds_hidden_size": 32}
 TEXT_SIZE = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}
 MAX_CAPTION_TOKENS, PROJECTION_DIM = 64, 128
 BATCH_SIZE, LEARNING_RATE = 16, 1e-3
 NUM_CANDIDATES = 10
+TAG_WEIGHT = 1.0
 
 
 def clap_config(tokenizer: PreTrainedTokenizerFast) -> ClapConfig:
@@ -47,30 +54,73 @@ def clap_config(tokenizer: PreTrainedTokenizerFast) -> ClapConfig:
     )
 
 
+@functools.cache
 def clap_feature_extractor() -> ClapFeatureExtractor:
-    """48 kHz, 10 s windows, random crops of longer clips, zero padding of shorter ones."""
+    """48 kHz, 10 s windows, random crops of longer clips, zero padding of shorter ones (one per process)."""
     return ClapFeatureExtractor(
         feature_size=64, sampling_rate=SAMPLING_RATE, max_length_s=10, truncation="rand_trunc", padding="pad"
     )
 
 
-def features(clips: list[np.ndarray], extractor: ClapFeatureExtractor) -> torch.Tensor:
+def clip_mel(clip: np.ndarray, rate: int) -> np.ndarray:
     """
-    Mel features `(N, 1, 1001, 64)` of 48 kHz clips, stored as float16 to halve memory.
+    The mel `(frames, 64)` of a clip resampled to 48 kHz, over the clip's own length plus four hops of silence
+    (`max_length`); padded with the mel of silence to 1001 frames it equals the extractor's zero-padded 10 s output,
+    because the mel is frame-local. Several times faster than the full window for PAL-Synth's short clips.
+    """
+    extractor = clap_feature_extractor()
+    clip = resample(clip, rate, SAMPLING_RATE)
+    length = min(extractor.nb_max_samples, (len(clip) // extractor.hop_length + 4) * extractor.hop_length)
+    return extractor(clip, sampling_rate=SAMPLING_RATE, max_length=length, return_tensors="np").input_features[0, 0]
 
-    Each clip's mel is computed over its own length plus four hops of silence (`max_length`), and the rest of the
-    window is filled with the mel of silence: the same values as the extractor's zero-padded 10 s output (the
-    mel is frame-local), several times faster for the short clips that dominate PAL-Synth.
-    """
-    hop = extractor.hop_length
-    silence = extractor(np.zeros(4 * hop), sampling_rate=SAMPLING_RATE, max_length=4 * hop, return_tensors="pt")
-    frames = extractor.nb_max_samples // hop + 1
-    batch = silence.input_features[:, :, :1].half().repeat(len(clips), 1, frames, 1)
-    for index, clip in enumerate(tqdm(clips, desc="CLAP features", unit="clip")):
-        length = min(extractor.nb_max_samples, (len(clip) // hop + 4) * hop)
-        mel = extractor(clip, sampling_rate=SAMPLING_RATE, max_length=length, return_tensors="pt").input_features
-        batch[index, :, : mel.shape[2]] = mel[0]
+
+def features(clips: list[np.ndarray], rate: int) -> torch.Tensor:
+    """Mel features `(N, 1, 1001, 64)` of clips at `rate`, in float16, computed in one process per CPU core."""
+    extractor = clap_feature_extractor()
+    silence = clip_mel(np.zeros(extractor.hop_length), SAMPLING_RATE)[:1]
+    window = np.repeat(silence, extractor.nb_max_samples // extractor.hop_length + 1, axis=0)
+    batch = torch.from_numpy(np.tile(window, (len(clips), 1, 1, 1))).half()
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        mels = pool.map(clip_mel, clips, [rate] * len(clips), chunksize=16)
+        for index, mel in enumerate(tqdm(mels, total=len(clips), desc="CLAP features", unit="clip")):
+            batch[index, 0, : len(mel)] = torch.from_numpy(mel)
     return batch
+
+
+class TaggingAidedClap(nn.Module):
+    """
+    Training-time wrapper: the symmetric contrastive (CLIP) loss, computed in float32 from CLAP's embeddings (the
+    towers may run under bfloat16 autocast), plus multi-label tagging of the clip's events from the audio tower's
+    pooled output through a linear head that is dropped afterwards. Real CLAP starts from an HTSAT pretrained on
+    AudioSet tags; the tagging loss gives this one a similar head start. The saved checkpoint is the plain
+    `ClapModel`.
+    """
+
+    def __init__(self, model: ClapModel, num_tags: int):
+        super().__init__()
+        self.model = model
+        self.tag_head = nn.Linear(model.config.audio_config.hidden_size, num_tags)
+
+    def forward(self, tags: torch.Tensor, **inputs) -> torch.Tensor:
+        output = self.model(**inputs)
+        text, audio = output.text_embeds.float(), output.audio_embeds.float()
+        targets = torch.arange(len(text))
+        per_text = text @ audio.T * self.model.logit_scale_t.exp()
+        per_audio = audio @ text.T * self.model.logit_scale_a.exp()
+        contrastive = (
+            nn.functional.cross_entropy(per_text, targets) + nn.functional.cross_entropy(per_audio, targets)
+        ) / 2
+        logits = self.tag_head(output.audio_model_output.pooler_output).float()
+        return contrastive + TAG_WEIGHT * nn.functional.binary_cross_entropy_with_logits(logits, tags)
+
+
+def event_tags(events: list[list[str]], names: list[str]) -> torch.Tensor:
+    """Multi-hot `(N, len(names))` tags of each clip's events."""
+    index = {name: i for i, name in enumerate(names)}
+    tags = torch.zeros(len(events), len(names))
+    for row, clip_events in enumerate(events):
+        tags[row, [index[name] for name in clip_events if name in index]] = 1.0
+    return tags
 
 
 def distinct_caption_batch(captions: list[str], rng: np.random.Generator, size: int) -> list[int]:
@@ -83,6 +133,11 @@ def distinct_caption_batch(captions: list[str], rng: np.random.Generator, size: 
             if len(rows) == size:
                 break
     return rows
+
+
+def caption_ids(captions: list[str], tokenizer: PreTrainedTokenizerFast) -> list[list[int]]:
+    """Token ids of captions, bos first (the text tower pools it), at most `MAX_CAPTION_TOKENS`."""
+    return tokenizer(captions, truncation=True, max_length=MAX_CAPTION_TOKENS)["input_ids"]
 
 
 def candidate_sets(captions: list[str], seed: int) -> tuple[list[str], np.ndarray]:
@@ -104,10 +159,8 @@ def candidate_sets(captions: list[str], seed: int) -> tuple[list[str], np.ndarra
 
 
 @torch.no_grad()
-def retrieval_accuracy(
-    model: ClapModel, inputs: torch.Tensor, texts: dict, candidates: np.ndarray
-) -> tuple[float, np.ndarray]:
-    """Share of clips whose own caption scores highest among its candidates, and the similarity matrix."""
+def retrieval_accuracy(model: ClapModel, inputs: torch.Tensor, texts: dict, candidates: np.ndarray) -> float:
+    """Share of clips whose own caption scores highest among its candidates."""
     model.eval()
     audio = torch.cat(
         [model.get_audio_features(input_features=batch.float()).pooler_output for batch in inputs.split(32)]
@@ -115,7 +168,7 @@ def retrieval_accuracy(
     text = model.get_text_features(**texts).pooler_output
     similarity = (audio @ text.T).numpy()
     scores = np.take_along_axis(similarity, candidates, axis=1)
-    return float((scores.argmax(axis=1) == 0).mean()), similarity
+    return float((scores.argmax(axis=1) == 0).mean())
 
 
 @torch.no_grad()
@@ -139,7 +192,7 @@ def unigram_accuracy(token_ids: list[list[int]], log_probs: np.ndarray, candidat
 
 def clap_metrics(model, inputs, token_ids, tokenizer, texts, candidates) -> dict:
     """Held-out retrieval accuracy (among `NUM_CANDIDATES`) and contrastive loss."""
-    accuracy, _ = retrieval_accuracy(model, inputs, texts, candidates)
+    accuracy = retrieval_accuracy(model, inputs, texts, candidates)
     return {"accuracy": accuracy, "loss": held_out_loss(model, inputs, token_ids, tokenizer)}
 
 
@@ -166,23 +219,30 @@ def train_clap(
     train = train.filter(bool, input_columns="caption")
     held_out = held_out.filter(bool, input_columns="caption")
     train_captions, eval_captions = list(train["caption"]), list(held_out["caption"])
-    encode = lambda texts: tokenizer(texts, truncation=True, max_length=MAX_CAPTION_TOKENS)["input_ids"]  # noqa: E731
-    train_ids, eval_ids = encode(train_captions), encode(eval_captions)
-    train_inputs = features(decode_audio(train, SAMPLING_RATE, "CLAP train audio"), extractor)
-    eval_inputs = features(decode_audio(held_out, SAMPLING_RATE, "CLAP held-out audio"), extractor)
+    train_ids, eval_ids = caption_ids(train_captions, tokenizer), caption_ids(eval_captions, tokenizer)
+    train_inputs = features(decode_audio(train, CLIP_RATE, "CLAP train audio"), CLIP_RATE)
+    eval_inputs = features(decode_audio(held_out, CLIP_RATE, "CLAP held-out audio"), CLIP_RATE)
+    train_events = list(train["events"])
+    tags = event_tags(train_events, sorted({name for events in train_events for name in events}))
     unique, candidates = candidate_sets(eval_captions, seed)
-    unique_ids = encode(unique)
+    unique_ids = caption_ids(unique, tokenizer)
     unique_texts = tokenizer.pad({"input_ids": unique_ids}, return_tensors="pt")
     model = ClapModel(clap_config(tokenizer))
 
     def next_batch(step: int) -> dict:
         rows = distinct_caption_batch(train_captions, seeded_generator(seed, 5, step), BATCH_SIZE)
         texts = tokenizer.pad({"input_ids": [train_ids[row] for row in rows]}, return_tensors="pt")
-        return {"input_features": train_inputs[rows].float(), **texts, "return_loss": True}
+        return {"input_features": train_inputs[rows].float(), **texts, "tags": tags[rows]}
 
     untrained = clap_metrics(model, eval_inputs, eval_ids, tokenizer, unique_texts, candidates)
     stats = train_for_budget(
-        model, next_batch, budget_seconds=budget_seconds, max_steps=max_steps, learning_rate=LEARNING_RATE, desc="CLAP"
+        TaggingAidedClap(model, num_tags=tags.shape[1]),
+        next_batch,
+        budget_seconds=budget_seconds,
+        max_steps=max_steps,
+        learning_rate=LEARNING_RATE,
+        desc="CLAP",
+        compute_loss=lambda trainee, batch: trainee(**batch),
     )
     trained = clap_metrics(model, eval_inputs, eval_ids, tokenizer, unique_texts, candidates)
     log_probs = unigram_log_probs(train_ids, len(tokenizer))

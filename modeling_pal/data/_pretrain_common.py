@@ -24,6 +24,12 @@ def learning_rate_at(progress: float, step: int, peak: float) -> float:
     return peak * warmup * cosine
 
 
+def fast_bfloat16() -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (AMX or AVX-512 BF16): there autocast trains ~1.7× faster."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
 def train_for_budget(
     model: torch.nn.Module,
     next_batch: Callable[[int], dict],
@@ -33,6 +39,7 @@ def train_for_budget(
     learning_rate: float,
     desc: str,
     compute_loss: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None,
+    bfloat16: bool | None = None,
 ) -> dict:
     """
     Trains `model` with AdamW for `budget_seconds` of wall-clock time or `max_steps`, whichever comes first.
@@ -49,11 +56,14 @@ def train_for_budget(
         learning_rate: the peak learning rate.
         desc: the progress bar's label.
         compute_loss: `(model, batch) -> loss`; defaults to `model(**batch).loss`.
+        bfloat16: run the forward pass under bfloat16 autocast; by default where the CPU has bfloat16 matrix units
+            (`fast_bfloat16`).
 
     Returns:
         `{"steps", "train_seconds", "final_train_loss"}` (the loss is a 20-step running mean; `None` without steps).
     """
     compute_loss = compute_loss or (lambda module, batch: module(**batch).loss)
+    bfloat16 = fast_bfloat16() if bfloat16 is None else bfloat16
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.98), weight_decay=0.01)
     model.train()
     start, step, recent = time.perf_counter(), 0, []
@@ -67,7 +77,8 @@ def train_for_budget(
         while (done := progress()) < 1:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(done, step, learning_rate)
-            loss = compute_loss(model, next_batch(step))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+                loss = compute_loss(model, next_batch(step))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -29,11 +29,11 @@ from ._pretrain_common import (
 )
 from ._pretrain_llm import EOS
 
-SAMPLING_RATE, CHUNK_SECONDS, NUM_MEL_BINS = 16000, 10, 80
+SAMPLING_RATE, CHUNK_SECONDS, NUM_MEL_BINS = 16000, 5, 80
 WHISPER_SIZE = {"d_model": 192, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4}
 MAX_LABEL_TOKENS = 64
 BATCH_SIZE, LEARNING_RATE = 8, 1.5e-3
-CTC_WEIGHT, GUIDE_WEIGHT, GUIDE_WIDTH = 0.5, 1.0, 0.2
+CTC_WEIGHT, SEGMENT_WEIGHT, GUIDE_WEIGHT, GUIDE_WIDTH = 0.5, 1.0, 1.0, 0.2
 DIGIT_SHARE = 0.5
 FRAMES_PER_SECOND = 50  # encoder frames after Whisper's stride-2 convolution
 DIGITS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "oh"}
@@ -50,75 +50,6 @@ def is_digit_string(text: str) -> bool:
     return bool(words) and set(words) <= DIGITS
 
 
-def guided_attention_penalty(
-    weights: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor, guided: torch.Tensor
-) -> torch.Tensor:
-    """
-    Guided-attention penalty (Tachibana et al., 2018): the cross-attention mass that label `k` of `n` puts away from
-    relative time `(k + 0.5) / n` of its clip's speech (Gaussian width `GUIDE_WIDTH`), or on padding frames.
-
-    Args:
-        weights: `(B, N, T)` cross-attention weights (mean over heads).
-        labels: `(B, N)` labels, -100 for padding.
-        frames: `(B,)` encoder frames holding the clip.
-        guided: `(B,)` whether the clip is speech only (its words spread over the whole clip).
-    """
-    valid = labels != -100
-    centers = (torch.arange(labels.shape[1]) + 0.5)[None] / valid.sum(-1, keepdim=True)
-    times = torch.arange(weights.shape[-1])[None, None] / frames[:, None, None]
-    penalty = 1 - torch.exp(-((times - centers[..., None]) ** 2) / (2 * GUIDE_WIDTH**2))
-    penalty = torch.where(times > 1, 1.0, penalty)
-    mask = valid & guided[:, None]
-    return (weights * penalty).sum(-1)[mask].mean() if mask.any() else weights.new_zeros(())
-
-
-class AlignmentAidedWhisper(nn.Module):
-    """
-    Training-time wrapper that makes a Whisper trained from scratch align audio and text within a few hundred
-    steps: the decoder loss plus (1) CTC on the encoder output, through a linear head that is dropped afterwards,
-    and (2) a guided-attention penalty on the decoder's cross-attention for speech-only clips. The saved
-    checkpoint is the plain `WhisperForConditionalGeneration`.
-    """
-
-    def __init__(self, model: WhisperForConditionalGeneration, blank_id: int):
-        super().__init__()
-        self.model = model
-        self.ctc_head = nn.Linear(model.config.d_model, model.config.vocab_size)
-        self.blank_id = blank_id
-        self.cross_attention: list[torch.Tensor] = []
-
-    def _capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Recomputes a cross-attention layer's weights (mean over heads) from its own projections."""
-        hidden, encoded = args[0] if args else kwargs["hidden_states"], kwargs["key_value_states"]
-        split = lambda states: states.unflatten(-1, (module.num_heads, module.head_dim)).transpose(1, 2)  # noqa: E731
-        scores = split(module.q_proj(hidden) * module.scaling) @ split(module.k_proj(encoded)).transpose(-1, -2)
-        self.cross_attention.append(scores.softmax(-1).mean(1))
-
-    def forward(
-        self, input_features: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor, guided: torch.Tensor
-    ) -> torch.Tensor:
-        layers = self.model.model.decoder.layers
-        hooks = [layer.encoder_attn.register_forward_pre_hook(self._capture, with_kwargs=True) for layer in layers]
-        try:
-            output = self.model(input_features=input_features, labels=labels)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        attention, self.cross_attention = self.cross_attention, []
-        log_probs = self.ctc_head(output.encoder_last_hidden_state).log_softmax(-1).transpose(0, 1)
-        targets = labels.masked_fill(labels == self.model.config.eos_token_id, -100)
-        ctc = nn.functional.ctc_loss(
-            log_probs,
-            targets[targets != -100],
-            frames,
-            (targets != -100).sum(-1),
-            blank=self.blank_id,
-            zero_infinity=True,
-        )
-        guide = sum(guided_attention_penalty(weights, labels, frames, guided) for weights in attention) / len(layers)
-        return output.loss + CTC_WEIGHT * ctc + GUIDE_WEIGHT * guide
-
-
 def encoder_frames(clip: np.ndarray, config: WhisperConfig) -> int:
     """Encoder frames that hold the clip (the rest of the window is padding)."""
     return min(len(clip) * FRAMES_PER_SECOND // SAMPLING_RATE + 1, config.max_source_positions)
@@ -129,7 +60,7 @@ def whisper_config(tokenizer: PreTrainedTokenizerFast) -> WhisperConfig:
     return WhisperConfig(
         vocab_size=len(tokenizer),
         num_mel_bins=NUM_MEL_BINS,
-        max_source_positions=CHUNK_SECONDS * 50,
+        max_source_positions=CHUNK_SECONDS * FRAMES_PER_SECOND,
         max_target_positions=MAX_LABEL_TOKENS + 2,
         decoder_attention_heads=WHISPER_SIZE["encoder_attention_heads"],
         encoder_ffn_dim=4 * WHISPER_SIZE["d_model"],
@@ -141,6 +72,16 @@ def whisper_config(tokenizer: PreTrainedTokenizerFast) -> WhisperConfig:
         begin_suppress_tokens=None,
         **WHISPER_SIZE,
     )
+
+
+def init_front_end(model: WhisperForConditionalGeneration) -> None:
+    """
+    He-initialises the encoder's two convolutions. With Whisper's default (normal, std 0.02) their output is ~20×
+    smaller than the sinusoidal positions added to it, so every clip looks alike to the layers above and training
+    from scratch barely starts within the budget.
+    """
+    for conv in (model.model.encoder.conv1, model.model.encoder.conv2):
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
 
 
 def encode_labels(transcripts: list[str], tokenizer: PreTrainedTokenizerFast, eos_token_id: int) -> list[list[int]]:
@@ -170,6 +111,102 @@ def features(clips: list[np.ndarray], extractor: WhisperFeatureExtractor) -> tor
             for chunk in tqdm(chunks, desc="Whisper features", unit="batch")
         ]
     )
+
+
+def uniform_segment_targets(labels: torch.Tensor, frames: torch.Tensor, speech_only: torch.Tensor, num_frames: int):
+    """
+    Frame labels `(B, num_frames)` that split each speech-only clip's frames evenly among its tokens (a flat start,
+    as in HMM training), -100 elsewhere: espeak-ng speaks at a steady rate, so most frames get the right token.
+
+    Args:
+        labels: `(B, N)` labels (eos last), -100 for padding.
+        frames: `(B,)` encoder frames that hold the clip.
+        speech_only: `(B,)` whether the clip is speech only.
+        num_frames: encoder frames per window.
+    """
+    targets = torch.full((len(labels), num_frames), -100, dtype=torch.long)
+    for row, (tokens, length) in enumerate(zip(labels, frames.tolist())):
+        tokens = tokens[tokens >= 0][:-1]
+        if speech_only[row] and len(tokens):
+            targets[row, :length] = tokens[torch.arange(length) * len(tokens) // length]
+    return targets
+
+
+def guided_attention_penalty(
+    weights: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor, speech_only: torch.Tensor
+) -> torch.Tensor:
+    """
+    Guided-attention penalty (Tachibana et al., 2018): the cross-attention mass that label `k` of `n` puts away from
+    relative time `(k + 0.5) / n` of its clip (Gaussian width `GUIDE_WIDTH`) or on padding frames, for speech-only
+    clips (whose words spread over the whole clip).
+
+    Args:
+        weights: `(B, N, T)` cross-attention weights (mean over heads).
+        labels: `(B, N)` labels, -100 for padding.
+        frames: `(B,)` encoder frames that hold the clip.
+        speech_only: `(B,)` whether the clip is speech only.
+    """
+    valid = labels != -100
+    centers = (torch.arange(labels.shape[1]) + 0.5)[None] / valid.sum(-1, keepdim=True)
+    times = torch.arange(weights.shape[-1])[None, None] / frames[:, None, None]
+    penalty = 1 - torch.exp(-((times - centers[..., None]) ** 2) / (2 * GUIDE_WIDTH**2))
+    penalty = torch.where(times >= 1, 1.0, penalty)
+    mask = valid & speech_only[:, None]
+    return (weights * penalty).sum(-1)[mask].mean() if mask.any() else weights.new_zeros(())
+
+
+class AlignmentAidedWhisper(nn.Module):
+    """
+    Training-time wrapper that makes a Whisper trained from scratch align audio and text within a few hundred
+    steps: the decoder loss plus, through a linear head on the encoder output that is dropped afterwards, (1) CTC
+    and (2) frame classification against `uniform_segment_targets`, and (3) `guided_attention_penalty` on each
+    decoder cross-attention layer (mean over heads). The saved checkpoint is the plain
+    `WhisperForConditionalGeneration`.
+    """
+
+    def __init__(self, model: WhisperForConditionalGeneration, blank_id: int):
+        super().__init__()
+        self.model = model
+        self.ctc_head = nn.Linear(model.config.d_model, model.config.vocab_size)
+        self.blank_id = blank_id
+        self.cross_attention: list[torch.Tensor] = []
+
+    def _capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Recomputes a cross-attention layer's weights (mean over heads) from its own projections."""
+        hidden, encoded = args[0] if args else kwargs["hidden_states"], kwargs["key_value_states"]
+        split = lambda states: states.unflatten(-1, (module.num_heads, module.head_dim)).transpose(1, 2)  # noqa: E731
+        scores = split(module.q_proj(hidden) * module.scaling) @ split(module.k_proj(encoded)).transpose(-1, -2)
+        self.cross_attention.append(scores.softmax(-1).mean(1))
+
+    def forward(
+        self, input_features: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor, speech_only: torch.Tensor
+    ) -> torch.Tensor:
+        layers = self.model.model.decoder.layers
+        hooks = [layer.encoder_attn.register_forward_pre_hook(self._capture, with_kwargs=True) for layer in layers]
+        try:
+            output = self.model(input_features=input_features, labels=labels)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        attention, self.cross_attention = self.cross_attention, []
+        frame_logits = self.ctc_head(output.encoder_last_hidden_state).float()
+        words = (labels != -100) & (labels != self.model.config.eos_token_id)
+        ctc = nn.functional.ctc_loss(
+            frame_logits.log_softmax(-1).transpose(0, 1),
+            labels[words],
+            frames,
+            words.sum(-1),
+            blank=self.blank_id,
+            zero_infinity=True,
+        )
+        segments = uniform_segment_targets(labels, frames, speech_only, frame_logits.shape[1])
+        segment = (
+            nn.functional.cross_entropy(frame_logits.flatten(0, 1), segments.flatten(), ignore_index=-100)
+            if (segments >= 0).any()
+            else frame_logits.new_zeros(())
+        )
+        guide = sum(guided_attention_penalty(weights.float(), labels, frames, speech_only) for weights in attention)
+        return output.loss + CTC_WEIGHT * ctc + SEGMENT_WEIGHT * segment + GUIDE_WEIGHT * guide / len(layers)
 
 
 @torch.no_grad()
@@ -228,8 +265,10 @@ class SpeechSet:
 
 
 def speech_set(dataset: Dataset, extractor, tokenizer: PreTrainedTokenizerFast, config: WhisperConfig, desc: str):
-    """Decodes and featurises a split's rows with a transcript."""
-    dataset = dataset.filter(bool, input_columns="transcript")
+    """Decodes and featurises a split's rows with a transcript that fit one window (as Whisper's 30 s segments)."""
+    dataset = dataset.filter(
+        lambda text, seconds: bool(text) and seconds <= CHUNK_SECONDS, input_columns=["transcript", "duration"]
+    )
     clips = decode_audio(dataset, SAMPLING_RATE, f"Whisper {desc} audio")
     transcripts = list(dataset["transcript"])
     return SpeechSet(
@@ -261,7 +300,7 @@ def train_whisper(
 ) -> dict:
     """
     Trains the small Whisper for ASR on the rows with a transcript (digit strings are `DIGIT_SHARE` of each batch)
-    and saves it, with its feature extractor (10 s windows, 80 mels) and `tokenizer`, to `out_dir`.
+    and saves it, with its feature extractor (5 s windows, 80 mels) and `tokenizer`, to `out_dir`.
 
     Returns:
         Held-out WER (all speech and digit strings) and per-token loss of the trained and untrained model, the
@@ -275,6 +314,7 @@ def train_whisper(
     train_set = speech_set(train, extractor, tokenizer, config, "train")
     eval_set = speech_set(held_out, extractor, tokenizer, config, "held-out")
     model = WhisperForConditionalGeneration(config)
+    init_front_end(model)
     model.generation_config = GenerationConfig(
         decoder_start_token_id=config.decoder_start_token_id,
         bos_token_id=config.bos_token_id,
@@ -290,7 +330,7 @@ def train_whisper(
             "input_features": train_set.inputs[rows].float(),
             "labels": pad_labels([train_set.labels[row] for row in rows]),
             "frames": train_set.frames[rows],
-            "guided": train_set.speech_only[rows],
+            "speech_only": train_set.speech_only[rows],
         }
 
     untrained = asr_metrics(model, eval_set, tokenizer)
