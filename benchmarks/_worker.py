@@ -137,7 +137,7 @@ def cache_bytes(cache, audio_positions: list[int]) -> dict:
             audio += size * len(audio_positions) // tensor.shape[2]
     store = getattr(cache, "pal_audio_store", None)
     lal = 0
-    for keys, values in getattr(store, "key_values", {}).values():
+    for keys, values in (store.audio_key_values() if store is not None else {}).values():
         lal += keys.numel() * keys.element_size() + values.numel() * values.element_size()
     return {"total_bytes": int(total + lal), "audio_bytes": int(audio + lal), "lal_store_bytes": int(lal)}
 

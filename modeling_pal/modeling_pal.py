@@ -1,12 +1,13 @@
 """PAL: frozen audio encoders feeding a decoder LLM through PLITS placeholders and/or LAL extra keys/values."""
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer import ASTModel
@@ -309,6 +310,26 @@ class PalQFormerProjector(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+class PalMaskMemo:
+    """
+    The last extended mask (see `extend_attention_mask`), reused while the text mask (the same object), the text key
+    length, the query length and the dtype repeat: all LAL layers of a forward or decoding step share one mask.
+    """
+
+    def __init__(self):
+        self.entry: tuple | None = None
+
+    def extended(
+        self, text_mask: torch.Tensor | None, audio_visible: torch.Tensor, text_kv_length: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """`extend_attention_mask(...)`: `(B, 1, Q, Na + K)`, built once per distinct input."""
+        key = (text_kv_length, audio_visible.shape[1], dtype)
+        if self.entry is None or self.entry[0] is not text_mask or self.entry[1] != key:
+            # the entry keeps `text_mask` alive, so no later mask can take over its identity
+            self.entry = (text_mask, key, extend_attention_mask(text_mask, audio_visible, text_kv_length, dtype))
+        return self.entry[2]
+
+
 @dataclass
 class PalLalInputs:
     """
@@ -319,28 +340,93 @@ class PalLalInputs:
         audio_visible: `(batch, query_length, num_audio_columns)`, which text queries see which audio column.
         audio_valid: `(batch, num_audio_columns)`, which columns hold audio (kept for decoding steps).
         audio_position_embeddings: RoPE `(cos, sin)` of the audio columns when `lal_audio_rope` is on.
+        masks: the extended masks of this forward, shared by its LAL layers.
     """
 
     audio_states: dict[int, torch.Tensor]
     audio_visible: torch.Tensor
     audio_valid: torch.Tensor
     audio_position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+    masks: PalMaskMemo = field(default_factory=PalMaskMemo)
+
+
+class PalJointKV:
+    """
+    One LAL layer's cached `[audio ; text]` keys and values: buffers `(batch, kv_heads, capacity, head_dim)` whose
+    first `length` positions are filled, the `num_audio` audio columns first. While the cache's text only grows (a
+    dynamic cache), each decoding step writes its new text K/V in place (capacity doubles when full) instead of
+    copying the audio K/V again.
+    """
+
+    def __init__(self, audio_key: torch.Tensor, audio_value: torch.Tensor):
+        self.num_audio = self.length = audio_key.shape[2]
+        self.keys, self.values = audio_key, audio_value
+
+    def audio(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The audio keys/values `(batch, kv_heads, num_audio, head_dim)`."""
+        return self.keys[:, :, : self.num_audio], self.values[:, :, : self.num_audio]
+
+    def concatenated(self, text_key: torch.Tensor, text_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[audio ; text]` as new tensors `(batch, kv_heads, num_audio + K, head_dim)`, for any cache."""
+        audio_key, audio_value = self.audio()
+        return torch.cat([audio_key, text_key], dim=2), torch.cat([audio_value, text_value], dim=2)
+
+    def appended(
+        self, text_key: torch.Tensor, text_value: torch.Tensor, num_new: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        `[audio ; text]` as views `(batch, kv_heads, num_audio + K, head_dim)` of the buffers, for a cache whose text
+        K/V `(batch, kv_heads, K, head_dim)` end with `num_new` new positions. Only those are copied, unless the text
+        is not the buffered one plus them (cropped, replaced): then all of it is.
+        """
+        text_length = text_key.shape[2]
+        if self.length != self.num_audio + text_length - num_new:
+            self.length, num_new = self.num_audio, text_length
+        end = self.length + num_new
+        if end > self.keys.shape[2]:
+            self.keys, self.values = self._grown(self.keys, end), self._grown(self.values, end)
+        self.keys[:, :, self.length : end] = text_key[:, :, text_length - num_new :]
+        self.values[:, :, self.length : end] = text_value[:, :, text_length - num_new :]
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def _grown(self, buffer: torch.Tensor, needed: int) -> torch.Tensor:
+        """A copy of `buffer`'s filled part with room for `needed` positions and as many text positions again."""
+        capacity = needed + max(needed - self.num_audio, 64)
+        grown = buffer.new_empty(*buffer.shape[:2], capacity, buffer.shape[3])
+        grown[:, :, : self.length] = buffer[:, :, : self.length]
+        return grown
+
+    def map(self, fn) -> None:
+        """Applies a batch-dimension operation to the buffers."""
+        self.keys, self.values = fn(self.keys), fn(self.values)
 
 
 class PalAudioKVStore:
     """Audio keys/values of the LAL layers, attached to the generation cache and reused at every decoding step."""
 
     def __init__(self):
-        self.key_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.layers: dict[int, PalJointKV] = {}
         self.valid: torch.Tensor | None = None
+        self.masks = PalMaskMemo()
+
+    def audio_key_values(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per LAL layer, its audio keys/values `(batch, kv_heads, num_audio, head_dim)`."""
+        return {layer: joint.audio() for layer, joint in self.layers.items()}
+
+    def put(self, layer: int, joint: PalJointKV, valid: torch.Tensor) -> None:
+        """Stores a LAL layer's audio K/V at prefill, with the columns' validity `(batch, Na)`."""
+        self.layers[layer], self.valid, self.masks = joint, valid, PalMaskMemo()
 
     def map(self, fn) -> None:
         """Applies a batch-dimension operation (beam reorder, expansion, selection) to every stored tensor."""
-        self.key_values = {layer: (fn(k), fn(v)) for layer, (k, v) in self.key_values.items()}
+        for joint in self.layers.values():
+            joint.map(fn)
         self.valid = fn(self.valid) if self.valid is not None else None
+        self.masks = PalMaskMemo()
 
     def clear(self) -> None:
-        self.key_values, self.valid = {}, None
+        self.layers, self.valid, self.masks = {}, None, PalMaskMemo()
 
 
 # Batch operations generate applies to its cache (beam reordering, expansion, selection), mirrored on the audio store.
@@ -377,6 +463,15 @@ def _mirrored_on_store(method, store: PalAudioKVStore, operation):
     return mirrored
 
 
+def _text_only_grows(cache: Cache, layer_idx: int) -> bool:
+    """
+    Whether `cache`'s layer returns all past text K/V plus the new ones at each update (a plain dynamic layer; not a
+    static, sliding-window or quantised one), and no gradient flows (in-place buffer writes would break autograd).
+    """
+    layers = getattr(cache, "layers", None)
+    return not torch.is_grad_enabled() and layers is not None and type(layers[layer_idx]) is DynamicLayer
+
+
 class PalLalAttentionMixin:
     """
     Turns a family's self-attention into a LAL layer: after the usual text q/k/v (with RoPE and cache update), audio
@@ -395,7 +490,7 @@ class PalLalAttentionMixin:
         return {}
 
     def audio_key_values(self, inputs: PalLalInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Audio keys/values `(batch, kv_heads, num_audio_columns, head_dim)` of this layer."""
+        """Audio keys/values `(batch, kv_heads, num_audio_columns, head_dim)` of this layer (transposed views)."""
         states = inputs.audio_states[self.layer_idx]
         shape = (*states.shape[:-1], -1, self.head_dim)
         shared = self.lal_kv_source == "shared"
@@ -408,8 +503,7 @@ class PalLalAttentionMixin:
         if inputs.audio_position_embeddings is not None:
             cos, sin = inputs.audio_position_embeddings
             keys = keys * cos.unsqueeze(1) + rotate_half(keys) * sin.unsqueeze(1)
-        # contiguous: decoding concatenates these onto the text keys/values at every step
-        return keys.contiguous(), v_proj(states).view(shape).transpose(1, 2).contiguous()
+        return keys, v_proj(states).view(shape).transpose(1, 2)
 
     def text_query_key_values(self, hidden_states, position_embeddings):
         hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
@@ -422,6 +516,29 @@ class PalLalAttentionMixin:
         query, key = apply_rotary_pos_emb(query.transpose(1, 2), key.transpose(1, 2), cos, sin)
         return query, key, value
 
+    def joint_key_values(
+        self, key: torch.Tensor, value: torch.Tensor, num_new: int, cache: Cache | None, pal_lal: PalLalInputs | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PalMaskMemo]:
+        """
+        `[audio ; text]` keys and values `(batch, kv_heads, Na + K, head_dim)` from the (cached) text ones
+        `(batch, kv_heads, K, head_dim)`, the audio visibility `(batch, Q, Na)` and the mask memo to use. At prefill
+        the audio K/V are computed (and stored with a cache); at decoding steps they come from the store.
+        """
+        store = audio_kv_store(cache) if cache is not None else None
+        buffered = store is not None and _text_only_grows(cache, self.layer_idx)
+        if pal_lal is not None:
+            audio = [tensor.to(key.dtype) for tensor in self.audio_key_values(pal_lal)]
+            if store is not None and not buffered:  # concatenated at every step: contiguous copies read faster
+                audio = [tensor.contiguous() for tensor in audio]
+            joint, visible, masks = PalJointKV(*audio), pal_lal.audio_visible, pal_lal.masks
+            if store is not None:
+                store.put(self.layer_idx, joint, pal_lal.audio_valid)
+        else:  # decoding step: every new query comes after all clips' markers
+            joint, masks = store.layers[self.layer_idx], store.masks
+            visible = store.valid[:, None, :].expand(-1, num_new, -1)
+        key_values = joint.appended(key, value, num_new) if buffered else joint.concatenated(key, value)
+        return (*key_values, visible, masks)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -431,33 +548,21 @@ class PalLalAttentionMixin:
         pal_lal: PalLalInputs | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        store = audio_kv_store(cache) if cache is not None else None
-        if pal_lal is None and (store is None or self.layer_idx not in store.key_values):
+        if pal_lal is None and (cache is None or self.layer_idx not in audio_kv_store(cache).layers):
             return super().forward(hidden_states, position_embeddings, attention_mask, cache=cache, **kwargs)
 
         query, key, value = self.text_query_key_values(hidden_states, position_embeddings)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
-
-        if pal_lal is not None:
-            audio_key, audio_value = self.audio_key_values(pal_lal)
-            audio_visible = pal_lal.audio_visible
-            if store is not None:
-                store.key_values[self.layer_idx] = (audio_key, audio_value)
-                store.valid = pal_lal.audio_valid
-        else:  # decoding step: every new query comes after all clips' markers
-            audio_key, audio_value = store.key_values[self.layer_idx]
-            audio_visible = store.valid[:, None, :].expand(-1, query.shape[2], -1)
-
-        attention_mask = extend_attention_mask(attention_mask, audio_visible, key.shape[2], query.dtype)
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        text_kv_length = key.shape[2]
+        key, value, audio_visible, masks = self.joint_key_values(key, value, query.shape[2], cache, pal_lal)
+        attention_mask = masks.extended(attention_mask, audio_visible, text_kv_length, query.dtype)
+        attention_interface = lal_attention_interface(self.config._attn_implementation, query, key)
         attn_output, attn_weights = attention_interface(
             self,
             query,
-            torch.cat([audio_key.to(key.dtype), key], dim=2),
-            torch.cat([audio_value.to(value.dtype), value], dim=2),
+            key,
+            value,
             attention_mask,
             dropout=0.0 if not self.training else self.attention_dropout,
             scaling=self.scaling,
@@ -466,6 +571,38 @@ class PalLalAttentionMixin:
         )
         attn_output = attn_output.reshape(*hidden_states.shape[:-1], -1).contiguous()
         return self.o_proj(attn_output), attn_weights
+
+
+def lal_attention_interface(implementation: str, query: torch.Tensor, key: torch.Tensor) -> Callable:
+    """
+    The attention function of a LAL layer: the configured one, except SDPA with grouped K/V heads and several queries
+    on CPU, where `sdpa_gqa_attention_forward` lets the kernel handle the groups (the stock one repeats the `Na + K`
+    keys/values per query head whenever a mask is given; CUDA kernels with a mask would fall back to math with GQA).
+    """
+    grouped = query.shape[1] != key.shape[1]
+    if implementation == "sdpa" and grouped and query.shape[2] > 1 and query.device.type == "cpu":
+        return sdpa_gqa_attention_forward
+    return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+
+
+def sdpa_gqa_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """
+    SDPA over grouped heads without repeating them: `query (B, heads, Q, D)`, `key`/`value (B, kv_heads, Na + K, D)`,
+    the explicit mask `(B, 1, Q, Na + K)` → `(B, Q, heads, D)`, as Transformers' attention functions return.
+    """
+    attn_output = nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True
+    )
+    return attn_output.transpose(1, 2).contiguous(), None
 
 
 def extend_attention_mask(

@@ -15,6 +15,8 @@ from helpers import (
 )
 from transformers import AutoModelForCausalLM, WhisperFeatureExtractor
 
+from modeling_pal.modeling_pal import PalJointKV
+
 INTEGRATIONS = ("plits", "lal")
 CASES = [(family, integration) for family in FAMILIES for integration in INTEGRATIONS]
 
@@ -100,6 +102,50 @@ def test_generation_cache_beams_and_static(family, integration, pal_model, extra
         [prompt(6, 30), clip(3.0, 5), prompt(2, 50)],
     ]
     check_generation(model, extractor, samples)
+
+
+def test_lal_decoding_buffer_appends_in_place_and_follows_the_cache():
+    """The `[audio ; text]` buffer equals concatenation after appends, growth, a crop and a beam reorder."""
+    torch.manual_seed(0)
+    audio = [torch.randn(2, 4, 2, 3).transpose(1, 2), torch.randn(2, 2, 4, 3)]  # keys (a transposed view), values
+    joint = PalJointKV(*audio)
+    text = [torch.randn(2, 2, 5, 3), torch.randn(2, 2, 5, 3)]
+
+    def step(num_new: int) -> None:
+        text[:] = [torch.cat([tensor, torch.randn(2, 2, num_new, 3)], 2) for tensor in text]
+        for got, audio_part, text_part in zip(joint.appended(*text, num_new), audio, text):
+            assert torch.equal(got, torch.cat([audio_part, text_part], 2))
+
+    step(2)
+    storage = joint.keys.data_ptr()
+    for index in range(80):  # past the spare capacity: the buffer grows once, otherwise stays in place
+        step(1)
+        if index == 10:
+            assert joint.keys.data_ptr() == storage
+    text[:] = [tensor[:, :, :40] for tensor in text]  # a crop (assisted decoding): the text is rewritten
+    step(2)
+    order = torch.tensor([1, 0])  # a beam reorder, applied to the cache and to the buffer
+    joint.map(lambda tensor: tensor.index_select(0, order))
+    audio[:], text[:] = [tensor[order] for tensor in audio], [tensor[order] for tensor in text]
+    step(1)
+
+
+def test_long_lal_generation_with_dynamic_cache_equals_no_cache(pal_model, extractor):
+    """Past the decoding buffer's first growth: cached greedy == recomputed greedy; beams batched == alone."""
+    model = pal_model("llama", "lal")
+    samples = [[prompt(3), clip(1.0, 14), prompt(4, 40)], [prompt(6, 30), clip(2.0, 15), prompt(2, 50)]]
+    batch = build_inputs(model, extractor, samples)
+    settings = {"max_new_tokens": 72, "min_new_tokens": 72, "do_sample": False}
+    cached = model.generate(**batch, **settings, return_dict_in_generate=True)
+    store = cached.cache.pal_audio_store
+    text_length = cached.cache.get_seq_length()
+    assert text_length > batch["input_ids"].shape[1] + 64  # the buffer outgrew its first spare capacity
+    assert set(store.layers) == set(model.config.lal_layers)
+    assert all(joint.length == joint.num_audio + text_length for joint in store.layers.values())
+    assert torch.equal(cached.sequences, model.generate(**batch, **settings, use_cache=False))
+    beams = model.generate(**batch, **settings, num_beams=2)
+    alone = model.generate(**build_inputs(model, extractor, samples[1:]), **settings, num_beams=2)
+    assert torch.equal(beams[1, -72:], alone[0, -72:])
 
 
 @pytest.mark.parametrize("integration", INTEGRATIONS)
