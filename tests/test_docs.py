@@ -15,7 +15,14 @@ from encoder_fixtures import *  # noqa: F403
 from modeling_pal import PalProcessor
 
 REPO = Path(__file__).parent.parent
-PAGES = ["docs/model_doc/pal.md", "README.md", "docs/hub.md", "docs/data.md", "docs/evaluation.md"]
+PAGES = [
+    "docs/model_doc/pal.md",
+    "README.md",
+    "docs/hub.md",
+    "docs/data.md",
+    "docs/evaluation.md",
+    "docs/pretrained_components.md",
+]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PUBLISHED = "my-org/pal-demo"
 
