@@ -170,6 +170,27 @@ def pal_model(tiny_llm_dir, tiny_whisper_dir):
     return build
 
 
+@pytest.fixture(scope="session")
+def saved_pal_checkpoint(pal_model, tiny_llm_dir, tiny_whisper_dir, tmp_path_factory):
+    """Factory: `saved_pal_checkpoint(integration)` → a folder holding a Llama PAL (Whisper encoder) and its
+    processor, saved once per session (tests only read it)."""
+    saved = {}
+
+    def save(integration: str = "lal") -> str:
+        if integration not in saved:
+            model = pal_model("llama", integration)
+            processor = modeling_pal.PalProcessor.from_components(
+                tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, config=model.config
+            )
+            folder = tmp_path_factory.mktemp(f"pal-{integration}")
+            model.save_pretrained(folder)
+            processor.save_pretrained(folder)
+            saved[integration] = str(folder)
+        return saved[integration]
+
+    return save
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

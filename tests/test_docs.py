@@ -12,8 +12,6 @@ import huggingface_hub
 import pytest
 from encoder_fixtures import *  # noqa: F403
 
-from modeling_pal import PalProcessor
-
 REPO = Path(__file__).parent.parent
 PAGES = [
     "docs/model_doc/pal.md",
@@ -38,25 +36,15 @@ def place(cache: Path, hub_id: str, folder: str) -> None:
     (repo / "refs" / "main").write_text(COMMIT)
 
 
-@pytest.fixture(scope="module")
-def published_checkpoint(pal_model, tiny_llm_dir, tiny_whisper_dir, tmp_path_factory) -> str:
-    model = pal_model("llama", "lal")
-    processor = PalProcessor.from_components(tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, model.config)
-    folder = tmp_path_factory.mktemp("published")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture
-def hub_cache(tmp_path, monkeypatch, tiny_llm_dir, tiny_whisper_dir, tiny_encoder_dir, published_checkpoint):
+def hub_cache(tmp_path, monkeypatch, tiny_llm_dir, tiny_whisper_dir, tiny_encoder_dir, saved_pal_checkpoint):
     """Serves the docs' Hub ids from a Hub cache of tiny checkpoints; runs in an empty working directory."""
     checkpoints = {
         "meta-llama/Llama-3.2-1B-Instruct": tiny_llm_dir("llama"),
         "openai/whisper-large-v3": tiny_whisper_dir,
         "laion/clap-htsat-unfused": tiny_encoder_dir("clap"),
         "facebook/hubert-base-ls960": tiny_encoder_dir("hubert"),
-        PUBLISHED: published_checkpoint,
+        PUBLISHED: saved_pal_checkpoint("lal"),
     }
     for hub_id, folder in checkpoints.items():
         place(tmp_path / "hub", hub_id, folder)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from modeling_pal import PalProcessor
 from modeling_pal.data.synth import build_pal_synth
 from modeling_pal.evaluation import MMAU_FIELDS, validate_mmau_records
 from modeling_pal.evaluation.runner import CHOICE_TASKS, markdown_table, prompt_messages, score_predictions
@@ -23,13 +22,8 @@ def dataset_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(pal_model, tiny_llm_dir, tiny_whisper_dir, tmp_path_factory) -> Path:
-    model = pal_model("llama", "lal")
-    processor = PalProcessor.from_components(tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, model.config)
-    out = tmp_path_factory.mktemp("ckpt")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+def checkpoint(saved_pal_checkpoint) -> Path:
+    return Path(saved_pal_checkpoint("lal"))
 
 
 def test_prompt_messages_fill_the_rows_audio_and_drop_the_answer(dataset_dir):

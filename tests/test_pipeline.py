@@ -18,14 +18,9 @@ NEW_TOKENS = 6
 
 
 @pytest.fixture(scope="module")
-def checkpoint(pal_model, tiny_llm_dir, tiny_whisper_dir, tmp_path_factory) -> str:
+def checkpoint(saved_pal_checkpoint) -> str:
     """A hybrid PAL (PLITS placeholders and a LAL marker per clip) saved with its processor in one folder."""
-    model = pal_model("llama", "hybrid")
-    processor = PalProcessor.from_components(tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, config=model.config)
-    out = tmp_path_factory.mktemp("pal-checkpoint")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return str(out)
+    return saved_pal_checkpoint("hybrid")
 
 
 @pytest.fixture(scope="module")
