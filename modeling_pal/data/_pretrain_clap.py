@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, PreTrainedTokenizerFast
 
-from ..processing_pal import resample
+from ..processing_pal import ClapWindows, resample
 from ._pretrain_common import decode_audio, seeded_generator, train_for_budget, unigram_log_probs
 
 SAMPLING_RATE = 48000
@@ -24,6 +24,7 @@ TEXT_SIZE = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 
 MAX_CAPTION_TOKENS, PROJECTION_DIM = 64, 128
 BATCH_SIZE, LEARNING_RATE = 16, 1e-3
 NUM_CANDIDATES = 10
+FEATURE_CHUNK = 32  # clips per feature worker task
 TAG_WEIGHT = 1.0
 
 
@@ -62,29 +63,24 @@ def clap_feature_extractor() -> ClapFeatureExtractor:
     )
 
 
-def clip_mel(clip: np.ndarray, rate: int) -> np.ndarray:
-    """
-    The mel `(frames, 64)` of a clip resampled to 48 kHz, over the clip's own length plus four hops of silence
-    (`max_length`); padded with the mel of silence to 1001 frames it equals the extractor's zero-padded 10 s output,
-    because the mel is frame-local. Several times faster than the full window for PAL-Synth's short clips.
-    """
+def _featurize_chunk(clips: list[np.ndarray], rate: int) -> np.ndarray:
+    """Worker: the processor's CLAP features `(len(clips), 1, 1001, 64)` of clips at `rate`, in float16."""
     extractor = clap_feature_extractor()
-    clip = resample(clip, rate, SAMPLING_RATE)
-    length = min(extractor.nb_max_samples, (len(clip) // extractor.hop_length + 4) * extractor.hop_length)
-    return extractor(clip, sampling_rate=SAMPLING_RATE, max_length=length, return_tensors="np").input_features[0, 0]
+    windows = [resample(clip, rate, SAMPLING_RATE) for clip in clips]
+    return ClapWindows.featurize(extractor, windows, extractor.nb_max_samples)[0].astype(np.float16)
 
 
 def features(clips: list[np.ndarray], rate: int) -> torch.Tensor:
-    """Mel features `(N, 1, 1001, 64)` of clips at `rate`, in float16, computed in one process per CPU core."""
-    extractor = clap_feature_extractor()
-    silence = clip_mel(np.zeros(extractor.hop_length), SAMPLING_RATE)[:1]
-    window = np.repeat(silence, extractor.nb_max_samples // extractor.hop_length + 1, axis=0)
-    batch = torch.from_numpy(np.tile(window, (len(clips), 1, 1, 1))).half()
+    """
+    Mel features `(N, 1, 1001, 64)` of clips at `rate` (at most one 10 s window each), in float16, computed exactly
+    as `PalProcessor` computes them for PAL, in one process per CPU core.
+    """
+    chunks = [clips[start : start + FEATURE_CHUNK] for start in range(0, len(clips), FEATURE_CHUNK)]
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
-        mels = pool.map(clip_mel, clips, [rate] * len(clips), chunksize=16)
-        for index, mel in enumerate(tqdm(mels, total=len(clips), desc="CLAP features", unit="clip")):
-            batch[index, 0, : len(mel)] = torch.from_numpy(mel)
-    return batch
+        parts = pool.map(_featurize_chunk, chunks, [rate] * len(chunks))
+        return torch.from_numpy(
+            np.concatenate(list(tqdm(parts, total=len(chunks), desc="CLAP features", unit="chunk")))
+        )
 
 
 class TaggingAidedClap(nn.Module):
