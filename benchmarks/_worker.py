@@ -273,7 +273,6 @@ def run(spec: dict, result: dict, save) -> None:
     # Last: building the sweep's models before the timed steps left the allocator in a state that made this
     # variant's steps up to 1.6x slower than in a fresh process
     if spec.get("activation_sweep") and variant in spec.get("activation_sweep_variants", ()):
-        model.train()
         sweep = []
         for point in spec["activation_sweep"]:
             other = bench if point == na else make(point)

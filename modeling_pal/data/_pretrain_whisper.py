@@ -103,7 +103,7 @@ def pad_labels(labels: list[list[int]]) -> torch.Tensor:
 
 
 def features(clips: list[np.ndarray], extractor: WhisperFeatureExtractor) -> torch.Tensor:
-    """Log-mel features `(N, 80, 1000)` of 16 kHz clips, stored as float16 to halve memory."""
+    """Log-mel features `(N, 80, 100 × CHUNK_SECONDS)` of 16 kHz clips, stored as float16 to halve memory."""
     chunks = [clips[start : start + 64] for start in range(0, len(clips), 64)]
     return torch.cat(
         [
