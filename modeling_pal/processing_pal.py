@@ -217,8 +217,9 @@ class ClapWindows:
 
 class AstWindows:
     """
-    AST: `max_length` Kaldi filterbank frames per window (1024 frames = 10.24 s at 16 kHz) → `(frames, mel_bins)`.
-    A window's valid frames are its whole 25 ms frames, 10 ms apart: `(samples - 400) // 160 + 1` at 16 kHz.
+    AST: `max_length` Kaldi filterbank frames per window (1024 frames, 10.24 s + 15 ms at 16 kHz) → `(frames,
+    mel_bins)`. A window's valid frames are its whole 25 ms frames, 10 ms apart: `(samples - 400) // 160 + 1` at
+    16 kHz. A full window is exactly `max_length` whole frames long, so consecutive windows leave no sample unframed.
     """
 
     model_types = AST_FAMILY
@@ -232,7 +233,8 @@ class AstWindows:
 
     @classmethod
     def window_samples(cls, feature_extractor: ASTFeatureExtractor, waveform_window_seconds: float) -> int:
-        return feature_extractor.max_length * cls._frame(feature_extractor)[0]
+        hop, frame = cls._frame(feature_extractor)
+        return (feature_extractor.max_length - 1) * hop + frame
 
     @classmethod
     def featurize(

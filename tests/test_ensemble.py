@@ -34,7 +34,7 @@ from modeling_pal.modeling_pal import load_audio_encoder
 FAMILIES = ("whisper", "clap", "ast", "wav2vec2", "hubert", "data2vec-audio")
 # tokens per second of the tiny encoders (encoder_fixtures.py) and seconds per window (helpers.py)
 TOKEN_RATE = {"whisper": 50, "clap": 32, "ast": 25, "wav2vec2": 100, "hubert": 100, "data2vec-audio": 100}
-WINDOW_SECONDS = {"whisper": 2.0, "clap": 1.0, "ast": 0.64, "wav2vec2": 0.5, "hubert": 0.5, "data2vec-audio": 0.5}
+WINDOW_SECONDS = {"whisper": 2.0, "clap": 1.0, "ast": 0.655, "wav2vec2": 0.5, "hubert": 0.5, "data2vec-audio": 0.5}
 MODES = {
     # name: (encoders in slot order, integration, LLM family, PalConfig overrides)
     "pal": (("whisper", "clap"), "pal", "llama", {}),

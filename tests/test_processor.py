@@ -24,7 +24,7 @@ RATE = 16000
 ATOL_CHANGE = 1e-4  # a max abs logit difference above this counts as "changes"
 FAMILIES = ("whisper", "clap", "ast", "wav2vec2", "hubert", "data2vec-audio")
 # seconds per window of the tiny encoders (encoder_fixtures.py, conftest.py); waveform windows as in helpers.py
-WINDOW_SECONDS = {"whisper": 2.0, "clap": 1.0, "ast": 0.64, "wav2vec2": WAVEFORM_WINDOW / RATE}
+WINDOW_SECONDS = {"whisper": 2.0, "clap": 1.0, "ast": 0.655, "wav2vec2": WAVEFORM_WINDOW / RATE}
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +281,7 @@ def test_causal_visibility_hides_a_later_turns_clip(pal):
 # Every encoder family: the processor builds the inputs the model tests build by hand (tests/helpers.py)
 # ----------------------------------------------------------------------------------------------------------------------
 
-# sample counts with a partial last window in every family (whisper 2 s, CLAP 1 s, AST 0.64 s, waveform 0.5 s)
+# sample counts with a partial last window in every family (whisper 2 s, CLAP 1 s, AST 0.655 s, waveform 0.5 s)
 CLIP_LENGTHS = (36803, 5921, 16800)
 
 
@@ -336,12 +336,23 @@ def test_clap_features_equal_the_extractors_zero_padded_window(composed):
     torch.testing.assert_close(inputs["audio_features_0"][0, 0], expected["input_features"][0], rtol=0, atol=0)
 
 
-def test_ast_remainder_shorter_than_a_frame(composed):
-    """A last window too short for one 25 ms frame is all padding: no valid frames, no placeholders."""
+def test_ast_full_window_frames_every_sample_and_short_remainder_is_padding(composed):
+    """
+    A full AST window is `max_length` whole frames (63 hops + one 25 ms frame = 10 480 samples): all 64 frames are
+    valid, so a change in its last samples reaches the features. A last window too short for one frame is all
+    padding: no valid frames, no placeholders.
+    """
     _, processor = composed(("ast",), "plits")
-    full = processor(text=ask(processor, 1), audio=noise(0.64, 61))
-    longer = processor(text=ask(processor, 1), audio=np.concatenate([noise(0.64, 61), noise(0.01, 62)]))
-    assert longer["audio_feature_mask_0"].sum(-1).tolist() == [[62, 0]]
+    window = 63 * 160 + 400
+    clip = noise(window / RATE, 61)
+    full = processor(text=ask(processor, 1), audio=clip)
+    assert full["audio_feature_mask_0"].sum(-1).tolist() == [[64]]
+    tail_changed = clip.copy()
+    tail_changed[-80:] = 0.0
+    tail_features = processor(text=ask(processor, 1), audio=tail_changed)["audio_features_0"]
+    assert not torch.equal(tail_features[0, 0, -1], full["audio_features_0"][0, 0, -1])
+    longer = processor(text=ask(processor, 1), audio=np.concatenate([clip, noise(0.01, 62)]))
+    assert longer["audio_feature_mask_0"].sum(-1).tolist() == [[64, 0]]
     assert torch.equal(longer["input_ids"], full["input_ids"])
     assert torch.equal(longer["audio_features_0"][:, :1], full["audio_features_0"])
 
