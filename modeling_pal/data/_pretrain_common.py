@@ -42,7 +42,7 @@ def train_for_budget(
     bfloat16: bool | None = None,
 ) -> dict:
     """
-    Trains `model` with AdamW for `budget_seconds` of wall-clock time or `max_steps`, whichever comes first.
+    Trains `model` with fused AdamW (Trainer's default) for `budget_seconds` of wall-clock time or `max_steps`, whichever comes first.
 
     The learning-rate schedule runs on the fraction of the budget spent (of `max_steps` when given), so it always
     decays by the end. With `max_steps` and a budget that is not reached, the run is exactly reproducible; with a
@@ -64,7 +64,9 @@ def train_for_budget(
     """
     compute_loss = compute_loss or (lambda module, batch: module(**batch).loss)
     bfloat16 = fast_bfloat16() if bfloat16 is None else bfloat16
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.98), weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=learning_rate, betas=(0.9, 0.98), weight_decay=0.01, fused=True
+    )
     model.train()
     start, step, recent = time.perf_counter(), 0, []
 
