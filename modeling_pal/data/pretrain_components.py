@@ -12,7 +12,7 @@ Each component trains for a time budget and reports a held-out metric against it
 baseline. `OUT/manifest.json` records the arguments, a data fingerprint and the metrics; a rerun with the same
 data and arguments returns them without training.
 
-    python -m modeling_pal.data.pretrain_components --data DATA_DIR --out OUT_DIR [--budget-seconds 180] [--seed 0]
+    python -m modeling_pal.data.pretrain_components --data DATA_DIR --out OUT_DIR [--budget-seconds 240] [--seed 0]
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from ._pretrain_common import fast_bfloat16
 from ._pretrain_llm import train_llm, train_tokenizer
 from ._pretrain_whisper import train_whisper
 
-DEFAULT_BUDGET_SECONDS = 180.0
-MANIFEST_VERSION = 2
-# Shares of the training budget: the LLM converges fastest, Whisper (ASR from scratch) needs the most steps
-BUDGET_SHARES = {"llm": 0.2, "whisper": 0.53, "clap": 0.27}
+DEFAULT_BUDGET_SECONDS = 240.0
+MANIFEST_VERSION = 3
+# Shares of the training budget: the LLM converges fastest; Whisper (ASR from scratch) and CLAP each need ~600 steps
+# before digit WER < 0.3 and retrieval > 0.5 hold on every seed tried (0, 1, 2)
+BUDGET_SHARES = {"llm": 0.15, "whisper": 0.57, "clap": 0.28}
 COMPONENTS = {"llm": train_llm, "whisper": train_whisper, "clap": train_clap}
 
 __all__ = ["pretrain_components", "train_clap", "train_llm", "train_tokenizer", "train_whisper", "data_fingerprint"]
