@@ -42,7 +42,8 @@ def train_for_budget(
     bfloat16: bool | None = None,
 ) -> dict:
     """
-    Trains `model` with fused AdamW (Trainer's default) for `budget_seconds` of wall-clock time or `max_steps`, whichever comes first.
+    Trains `model` with fused AdamW (Trainer's default) for `budget_seconds` of wall-clock time or `max_steps`,
+    whichever comes first.
 
     The learning-rate schedule runs on the fraction of the budget spent (of `max_steps` when given), so it always
     decays by the end. With `max_steps` and a budget that is not reached, the run is exactly reproducible; with a
