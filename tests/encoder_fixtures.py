@@ -48,7 +48,8 @@ CLAP_TEXT = dict(
     projection_dim=16,
     max_position_embeddings=40,
 )
-# 64 filterbank frames (0.655 s: 63 hops + one 25 ms frame) per window; 4×4 patches → a 4 × 16 patch grid, 16 tokens per window
+# 64 filterbank frames (0.655 s: 63 hops + one 25 ms frame) per window; 4×4 patches → a 4 × 16 patch grid,
+# 16 tokens per window
 AST = dict(
     hidden_size=32,
     num_hidden_layers=1,
