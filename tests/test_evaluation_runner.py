@@ -50,30 +50,43 @@ def test_scores_reference_answers_perfectly(dataset_dir):
     assert "| task | n | metric | value | chance |" in markdown_table(results)
 
 
-def test_evaluate_script_writes_report_and_mmau_export(dataset_dir, checkpoint, tmp_path):
-    command = [
-        sys.executable,
-        str(REPO / "examples" / "evaluate_pal.py"),
-        "--model",
-        str(checkpoint),
-        "--dataset",
-        str(dataset_dir),
+def evaluate_command(checkpoint: Path, dataset_dir: Path, *args: str) -> list[str]:
+    script = [sys.executable, str(REPO / "examples" / "evaluate_pal.py")]
+    return script + ["--model", str(checkpoint), "--dataset", str(dataset_dir), *args]
+
+
+def test_evaluate_script_writes_a_report_and_mmau_export_per_split(dataset_dir, checkpoint, tmp_path):
+    splits = ["test", "test_compositional"]
+    command = evaluate_command(
+        checkpoint,
+        dataset_dir,
         "--split",
-        "test",
+        *splits,
         "--output",
-        str(tmp_path / "report.json"),
+        str(tmp_path / "report-{split}.json"),
         "--mmau-output",
-        str(tmp_path / "mmau.json"),
+        str(tmp_path / "mmau-{split}.json"),
         "--limit",
         "4",
         "--max-new-tokens",
         "4",
-    ]
+    )
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| task | n | metric |" in result.stdout
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert len(report["predictions"]) == 4 and report["metrics"]
-    records = json.loads((tmp_path / "mmau.json").read_text())
-    validate_mmau_records(records)
-    assert all(set(MMAU_FIELDS) <= set(record) for record in records)
+    assert result.stdout.count("| task | n | metric |") == 2
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(str(dataset_dir))
+    for split in splits:
+        report = json.loads((tmp_path / f"report-{split}.json").read_text())
+        assert report["split"] == split and report["metrics"]
+        assert [row["id"] for row in report["predictions"]] == dataset[split]["id"][:4]
+        records = json.loads((tmp_path / f"mmau-{split}.json").read_text())
+        validate_mmau_records(records)
+        assert all(set(MMAU_FIELDS) <= set(record) and "audio" not in record for record in records)
+
+
+def test_evaluate_script_needs_a_split_placeholder_for_several_splits(dataset_dir, checkpoint, tmp_path):
+    command = evaluate_command(checkpoint, dataset_dir, "--split", "test", "validation", "--output", "r.json")
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "must contain {split}" in result.stderr

@@ -59,13 +59,15 @@ def generate_answers(model, processor, rows, batch_size: int = 16, max_new_token
 def score_predictions(rows, predictions: list[str]) -> dict[str, dict]:
     """
     Per-task metrics: accuracy (answer parsed from the generated text among the row's choices, else compared as
-    normalised text) and its chance level (`None` without choices) for closed tasks, WER/CER for transcription, BLEU / CIDEr-D / ROUGE-L / METEOR for captions and open QA.
+    normalised text) and its chance level (`None` without choices) for closed tasks, WER/CER for transcription,
+    CIDEr-D / ROUGE-L / METEOR (SPICE / SPIDEr where available) for captions and open QA.
     """
     from . import load_metric
 
+    rows = list(without_audio(rows))
     by_task: dict[str, list[int]] = {}
-    for index in range(len(rows)):
-        by_task.setdefault(rows[index]["task"], []).append(index)
+    for index, row in enumerate(rows):
+        by_task.setdefault(row["task"], []).append(index)
     results = {}
     for task, indices in sorted(by_task.items()):
         task_rows = [rows[i] for i in indices]
@@ -80,6 +82,12 @@ def score_predictions(rows, predictions: list[str]) -> dict[str, dict]:
             metrics = _choice_metrics(task_rows, task_predictions)
         results[task] = {"count": len(indices), **metrics}
     return results
+
+
+def without_audio(rows):
+    """The rows without their `audio` column when they are a `datasets.Dataset`, which decodes it on every access."""
+    column_names = getattr(rows, "column_names", None) or []
+    return rows.remove_columns("audio") if "audio" in column_names else rows
 
 
 def _choice_metrics(rows: list[dict], predictions: list[str]) -> dict:

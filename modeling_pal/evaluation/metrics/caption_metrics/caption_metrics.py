@@ -1,5 +1,6 @@
 """Audio-captioning metrics (CIDEr-D, ROUGE-L, METEOR, SPICE, SPIDEr) as an `evaluate` metric, via pycocoevalcap."""
 
+from functools import cache
 from pathlib import Path
 
 import datasets
@@ -63,6 +64,12 @@ _CITATION = """
 """
 
 
+@cache
+def meteor_scorer() -> Meteor:
+    """One METEOR Java process per Python process: starting it (and loading its paraphrase tables) takes ~6 s."""
+    return Meteor()
+
+
 def spice_available() -> bool:
     """Whether the Stanford CoreNLP jars that SPICE needs are installed."""
     return all(path.is_file() for path in SPICE_CORENLP_JARS)
@@ -87,7 +94,7 @@ class CaptionMetrics(evaluate.Metric):
         gold = tokenizer.tokenize({i: [{"caption": text} for text in texts] for i, texts in enumerate(references)})
         cider_d, _ = Cider().compute_score(gold, candidates)
         rouge_l, _ = Rouge().compute_score(gold, candidates)
-        meteor, _ = Meteor().compute_score(gold, candidates)
+        meteor, _ = meteor_scorer().compute_score(gold, candidates)
         scores = {"cider_d": float(cider_d), "rouge_l": float(rouge_l), "meteor": float(meteor)}
         if spice_available():
             spice, _ = Spice().compute_score(gold, candidates)
