@@ -3,7 +3,7 @@ Trains the small components PAL is built from, on PAL-Synth, as ordinary Transfo
 
 * `OUT/llm`: a Llama-3.2-shaped `LlamaForCausalLM` with a byte-level BPE tokenizer (Llama-3 special tokens,
   reserved tokens and chat template), trained as a causal LM on the dataset's chats, captions and transcripts;
-* `OUT/whisper`: a small `WhisperForConditionalGeneration` (10 s windows, 80 mels) trained for ASR on the espeak-ng
+* `OUT/whisper`: a small `WhisperForConditionalGeneration` (5 s windows, 80 mels) trained for ASR on the espeak-ng
   speech, with its `WhisperFeatureExtractor` and the same tokenizer;
 * `OUT/clap`: a small `ClapModel` (HTSAT audio tower, RoBERTa-like text tower) trained contrastively on
   (clip, caption) pairs, with its `ClapFeatureExtractor` (48 kHz, zero padding) and the same tokenizer.
