@@ -53,7 +53,7 @@ def evaluate_and_write(model, processor, rows, split: str, args: argparse.Namesp
         "metrics": metrics,
         "predictions": [{"id": row_id, "prediction": p} for row_id, p in zip(rows["id"], predictions)],
     }
-    output = Path(args.output.format(split=split))
+    output = Path(args.output.replace("{split}", split))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     if args.mmau_output:
@@ -62,7 +62,7 @@ def evaluate_and_write(model, processor, rows, split: str, args: argparse.Namesp
         records = to_mmau_records(
             [plain_rows[i] for i in choice_rows], [predictions[i] for i in choice_rows], exclude=("messages",)
         )
-        write_mmau_json(args.mmau_output.format(split=split), records)
+        write_mmau_json(args.mmau_output.replace("{split}", split), records)
 
 
 def main() -> None:
