@@ -165,14 +165,25 @@ class AlignmentAidedWhisper(nn.Module):
     decoder cross-attention layer (mean over heads). The saved checkpoint is the plain
     `WhisperForConditionalGeneration`. CTC and frame classification get a head each: on one shared head they fight
     (CTC wants blank on most frames, the flat start a token on every frame) and neither learns within the budget.
+
+    Args:
+        model: the Whisper to train (in place).
+        blank_id: the token id that stands for CTC's blank (one the transcripts never use).
+        label_tokens: the token ids of the training transcripts: the frame heads' classes, with the blank.
     """
 
-    def __init__(self, model: WhisperForConditionalGeneration, blank_id: int):
+    def __init__(self, model: WhisperForConditionalGeneration, blank_id: int, label_tokens: list[int]):
         super().__init__()
         self.model = model
-        self.ctc_head = nn.Linear(model.config.d_model, model.config.vocab_size)
-        self.segment_head = nn.Linear(model.config.d_model, model.config.vocab_size)
-        self.blank_id = blank_id
+        # The frame heads score only the tokens the transcripts use (and blank): over the whole vocabulary (1220
+        # tokens, ~200 of them in transcripts) each step took ~15 % longer (2 threads) for classes never targeted
+        classes = sorted({*label_tokens, blank_id})
+        compact = torch.full((model.config.vocab_size,), -100, dtype=torch.long)
+        compact[classes] = torch.arange(len(classes))
+        self.register_buffer("compact", compact, persistent=False)
+        self.ctc_head = nn.Linear(model.config.d_model, len(classes))
+        self.segment_head = nn.Linear(model.config.d_model, len(classes))
+        self.blank_id = int(compact[blank_id])
         self.cross_attention: list[torch.Tensor] = []
 
     def _capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -198,13 +209,14 @@ class AlignmentAidedWhisper(nn.Module):
         words = (labels != -100) & (labels != self.model.config.eos_token_id)
         ctc = nn.functional.ctc_loss(
             frame_logits.log_softmax(-1).transpose(0, 1),
-            labels[words],
+            self.compact[labels[words]],
             frames,
             words.sum(-1),
             blank=self.blank_id,
             zero_infinity=True,
         )
         segments = uniform_segment_targets(labels, frames, speech_only, encoded.shape[1])
+        segments = torch.where(segments >= 0, self.compact[segments.clamp(min=0)], -100)
         segment = (
             nn.functional.cross_entropy(
                 self.segment_head(encoded).float().flatten(0, 1), segments.flatten(), ignore_index=-100
@@ -344,7 +356,7 @@ def train_whisper(
 
     untrained = asr_metrics(model, eval_set, tokenizer)
     stats = train_for_budget(
-        AlignmentAidedWhisper(model, blank_id=config.pad_token_id),
+        AlignmentAidedWhisper(model, config.pad_token_id, [token for tokens in train_set.labels for token in tokens]),
         next_batch,
         budget_seconds=budget_seconds,
         max_steps=max_steps,

@@ -36,7 +36,7 @@ from ._pretrain_llm import train_llm, train_tokenizer
 from ._pretrain_whisper import train_whisper
 
 DEFAULT_BUDGET_SECONDS = 240.0
-MANIFEST_VERSION = 3
+MANIFEST_VERSION = 4
 # Shares of the training budget: the LLM converges fastest; Whisper (ASR from scratch) and CLAP each need ~600 steps
 # before digit WER < 0.3 and retrieval > 0.5 hold on every seed tried (0, 1, 2)
 BUDGET_SHARES = {"llm": 0.15, "whisper": 0.57, "clap": 0.28}
