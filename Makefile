@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py | sha1sum | cut -c1-12)
-APT_PACKAGES := ffmpeg espeak-ng sox libsox-fmt-all
+APT_PACKAGES := ffmpeg espeak-ng sox libsox-fmt-all libtcmalloc-minimal4
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -12,12 +12,14 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: system-deps $(STAMP)
 
-# Debian packages for audio decoding (torchcodec needs FFmpeg's libraries) and speech synthesis.
+# Debian packages for audio decoding (torchcodec needs FFmpeg's libraries), speech synthesis and the benchmarks'
+# malloc (tcmalloc).
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v sox >/dev/null || missing="$$missing sox libsox-fmt-all"; \
+	ldconfig -p | grep -q libtcmalloc_minimal || missing="$$missing libtcmalloc-minimal4"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \

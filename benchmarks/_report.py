@@ -521,7 +521,7 @@ def markdown(results: dict, title: str) -> str:
         )
         + (f"; end-to-end only up to Na = {settings['max_e2e_na']}" if settings.get("max_e2e_na") else "")
         + f". Load average (1/5/15 min) at start {_load(env.get('load_average_start'))}, "
-        f"end {_load(env.get('load_average_end'))}.",
+        f"end {_load(env.get('load_average_end'))}; workers' malloc: {env.get('allocator', 'system malloc')}.",
         "",
     ]
     if summary["targets"]:

@@ -284,6 +284,12 @@ def run(spec: dict, result: dict, save) -> None:
         save()
 
 
+def allocator_in_use() -> str:
+    """`tcmalloc` when this process runs with tcmalloc preloaded (`efficiency.py --allocator`), else `system`."""
+    maps = Path("/proc/self/maps")
+    return "tcmalloc" if maps.exists() and "libtcmalloc" in maps.read_text() else "system"
+
+
 def main(spec_path: str, out_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     if spec.get("memory_limit_bytes"):
@@ -297,6 +303,7 @@ def main(spec_path: str, out_path: str) -> int:
         "status": "ok",
         "reason": None,
         "pid": os.getpid(),
+        "allocator": allocator_in_use(),
         "timings": {},
         "timings_cpu": {},
         "memory": {},

@@ -16,6 +16,8 @@ FLOP-predicted cost of the audio path next to the measured one. See benchmarks/R
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes.util
 import datetime
 import json
 import os
@@ -42,12 +44,12 @@ MODES = {
     # mode: shape, Na points, Nt, batch, Na above which batch is 1, repeats, warm-up steps, decode tokens
     "quick": dict(
         shape="cpu", na=[500], nt=64, batch=4, large_na=None, max_e2e_na=None,
-        repeats={"step": 5, "e2e": 1, "generate": 2, "prefill_e2e": 1}, warmup=1, decode_tokens=16,
+        repeats={"step": 5, "e2e": 1, "generate": 2, "prefill_e2e": 1}, warmup=3, decode_tokens=16,
         activation_sweep=[125, 250, 500, 1000, 2000],
     ),
     "full": dict(
         shape="cpu", na=FULL_NA, nt=64, batch=4, large_na=2000, max_e2e_na=2000,
-        repeats={"step": 3, "e2e": 2, "generate": 2, "prefill_e2e": 2}, warmup=1, decode_tokens=16,
+        repeats={"step": 3, "e2e": 2, "generate": 2, "prefill_e2e": 2}, warmup=2, decode_tokens=16,
         activation_sweep=None, large_repeats={"step": 1, "e2e": 1, "generate": 1, "prefill_e2e": 1},
     ),
     "smoke": dict(
@@ -100,6 +102,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="OMP_WAIT_POLICY of the workers: PASSIVE (default) keeps shared, oversubscribed cores usable; "
         "ACTIVE spins (slightly faster on an idle machine, 10-30× slower on a busy one)",
     )
+    parser.add_argument(
+        "--allocator",
+        choices=["tcmalloc", "system"],
+        default="tcmalloc",
+        help="malloc of the workers: tcmalloc (default, when installed) keeps freed memory for the next step; glibc's "
+        "returns large blocks to the OS and page-faults them back every step (10-20 %% of a CPU step here)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--launcher",
@@ -150,27 +159,60 @@ PRELOAD = [
 ]
 
 
+def allocator_library(choice: str) -> str | None:
+    """The malloc library workers preload for `--allocator`, or None for the system's (also when it is missing)."""
+    if choice == "system":
+        return None
+    library = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+    if library is None:
+        print(
+            "note: tcmalloc not found (Debian: libtcmalloc-minimal4); workers use the system malloc", file=sys.stderr
+        )
+    return library
+
+
+@contextlib.contextmanager
+def preloading(library: str | None):
+    """Processes started inside the block (the fork server, exec'd workers) preload `library`."""
+    saved = {name: os.environ.get(name) for name in ("LD_PRELOAD", "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD")}
+    if library:
+        os.environ["LD_PRELOAD"] = " ".join(filter(None, [library, saved["LD_PRELOAD"]]))
+        os.environ["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] = str(2**40)  # no stderr line per large activation
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class Launcher:
     """
-    Starts every point in a fresh process. CPU: children forked from a fork server that imported torch/transformers
-    once and never ran a torch op (no per-point import cost, still one process per point). CUDA: a fresh interpreter
-    per point (CUDA cannot be forked).
+    Starts every point in a fresh process, preloading `allocator` (a malloc library, or None). CPU: children forked
+    from a fork server that imported torch/transformers once and never ran a torch op (no per-point import cost,
+    still one process per point). CUDA: a fresh interpreter per point (CUDA cannot be forked).
     """
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, allocator: str | None):
+        self.kind, self.allocator = kind, allocator
         self.context = None
         if kind == "forkserver":
             import multiprocessing
+            import multiprocessing.forkserver
 
             self.context = multiprocessing.get_context("forkserver")
             self.context.set_forkserver_preload(PRELOAD)
+            with preloading(allocator):
+                multiprocessing.forkserver.ensure_running()
 
     def run(self, spec_path: Path, out_path: Path, timeout: float) -> tuple[int | None, str]:
         if self.context is None:
             command = [sys.executable, str(HERE / "_worker.py"), str(spec_path), str(out_path)]
             try:
-                proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                with preloading(self.allocator):
+                    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
             except subprocess.TimeoutExpired:
                 return None, ""
             return proc.returncode, proc.stderr
@@ -330,8 +372,10 @@ def main(argv=None) -> int:
     }
     os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # inherited by the fork server / worker processes
     results["environment"]["omp_wait_policy"] = args.omp_wait_policy
-    launcher = Launcher(args.launcher or ("exec" if device.startswith("cuda") else "forkserver"))
+    allocator = allocator_library(args.allocator)
+    launcher = Launcher(args.launcher or ("exec" if device.startswith("cuda") else "forkserver"), allocator)
     settings["launcher"] = launcher.kind
+    results["environment"]["allocator"] = allocator or "system malloc"
     started = time.perf_counter()
     for na in na_points:
         batch = batch_for(na, settings["batch"], large_na)

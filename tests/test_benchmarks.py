@@ -142,6 +142,9 @@ def test_smoke_run_is_complete_and_valid(smoke):
     # each point ran in its own process
     pids = [p["pid"] for p in smoke["points"] if "pid" in p]
     assert len(pids) == len(smoke["points"]) and len(set(pids)) == len(pids)
+    # ... with tcmalloc preloaded (`make setup` installs it), as the run records
+    assert smoke["environment"]["allocator"].startswith("libtcmalloc")
+    assert {p["allocator"] for p in smoke["points"]} == {"tcmalloc"}
     check_results(smoke)
 
 
