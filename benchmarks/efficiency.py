@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes.util
 import datetime
 import json
 import os
@@ -35,6 +34,8 @@ sys.path.insert(0, str(HERE))
 
 from _report import SCHEMA_VERSION, markdown, plots, summarize, validate  # noqa: E402
 from _variants import SHAPES, VARIANT_HELP, VARIANTS, batch_for  # noqa: E402
+
+from modeling_pal.training.cpu import preload_environment, tcmalloc_library  # noqa: E402
 
 RESULTS = HERE / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -163,7 +164,7 @@ def allocator_library(choice: str) -> str | None:
     """The malloc library workers preload for `--allocator`, or None for the system's (also when it is missing)."""
     if choice == "system":
         return None
-    library = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+    library = tcmalloc_library()
     if library is None:
         print(
             "note: tcmalloc not found (Debian: libtcmalloc-minimal4); workers use the system malloc", file=sys.stderr
@@ -174,18 +175,13 @@ def allocator_library(choice: str) -> str | None:
 @contextlib.contextmanager
 def preloading(library: str | None):
     """Processes started inside the block (the fork server, exec'd workers) preload `library`."""
-    saved = {name: os.environ.get(name) for name in ("LD_PRELOAD", "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD")}
-    if library:
-        os.environ["LD_PRELOAD"] = " ".join(filter(None, [library, saved["LD_PRELOAD"]]))
-        os.environ["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] = str(2**40)  # no stderr line per large activation
+    saved = dict(os.environ)
+    os.environ.update(preload_environment(library))
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 class Launcher:

@@ -15,8 +15,12 @@ from pathlib import Path
 
 import torch
 
+from modeling_pal.training.cpu import preload_environment, tcmalloc_library
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "examples" / "recipes" / "pal_synth.yaml"
+# every stage's malloc: glibc's page-faults each large activation back in every training step (modeling_pal.training.cpu)
+TCMALLOC = tcmalloc_library()
 
 
 def parse_args() -> argparse.Namespace:
@@ -28,10 +32,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def step(title: str, command: list[str]) -> float:
-    """Runs one stage of the demo as a subprocess (its progress bars stay visible); returns its wall time."""
+    """
+    Runs one stage of the demo as a subprocess (its progress bars stay visible), with tcmalloc preloaded when it is
+    installed (`make setup` does); returns its wall time.
+    """
     print(f"\n=== {title}\n$ {' '.join(command)}", flush=True)
     start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO)
+    subprocess.run(command, check=True, cwd=REPO, env=preload_environment(TCMALLOC))
     return time.perf_counter() - start
 
 
@@ -118,6 +125,7 @@ def main() -> None:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     timings = {}
+    print(f"malloc of every stage: {TCMALLOC or 'the system one (tcmalloc not found; Debian: libtcmalloc-minimal4)'}")
     data, timings["data"] = build_data(work, args.size)
     components, timings["pretraining"] = pretrain(work, data)
     checkpoint, timings["curriculum"] = train(work, data, components)

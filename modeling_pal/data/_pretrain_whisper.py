@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
     GenerationConfig,
+    GenerationMixin,
     PreTrainedTokenizerFast,
     WhisperConfig,
     WhisperFeatureExtractor,
@@ -241,13 +242,17 @@ def held_out_loss(model: WhisperForConditionalGeneration, speech: SpeechSet) -> 
 
 @torch.no_grad()
 def transcribe(model: WhisperForConditionalGeneration, speech: SpeechSet, tokenizer) -> list[str]:
-    """Greedy transcripts with the stock `generate`, at most a few tokens longer than the longest reference."""
+    """
+    Greedy transcripts, at most a few tokens longer than the longest reference, from `GenerationMixin.generate`: this
+    decoder has no task or language tokens, so Whisper's own `generate` adds nothing but its `suppress_tokens`
+    arguments next to the generation config, which Transformers 5.24 logs as deprecated (same transcripts).
+    """
     # A length limit (start token included), not `max_new_tokens`: next to the `max_length` that generation always
     # sets, `max_new_tokens` logs a warning on every call
     max_length = min(1 + max(map(len, speech.labels)) + 8, model.config.max_target_positions)
     texts = []
     for batch in speech.inputs.split(32):
-        output = model.generate(input_features=batch.float(), max_length=max_length)
+        output = GenerationMixin.generate(model, input_features=batch.float(), max_length=max_length)
         texts.extend(tokenizer.batch_decode(output, skip_special_tokens=True))
     return texts
 
