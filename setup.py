@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="modeling_pal",
@@ -9,7 +9,8 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=find_packages(include=["modeling_pal", "modeling_pal.*"]),
+    # namespace packages: the local `evaluate` metric modules (metrics/<name>/<name>.py) have no __init__.py
+    packages=find_namespace_packages(include=["modeling_pal", "modeling_pal.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=[
