@@ -336,7 +336,10 @@ class PalLalInputs:
     What LAL layers need at prefill (or at every step without a cache).
 
     Args:
-        audio_states: per LAL layer, the normalised audio `(batch, num_audio_columns, hidden)` fed to k/v projections.
+        audio_states: per LAL layer, the projected audio `(batch, num_audio_columns, hidden)`; the layer normalises
+            it with `audio_norms[layer]` (its own input norm) inside its forward, where FSDP has gathered the layer's
+            parameters, and feeds it to its k/v projections.
+        audio_norms: per LAL layer, that layer's input norm module.
         audio_visible: `(batch, query_length, num_audio_columns)`, which text queries see which audio column.
         audio_valid: `(batch, num_audio_columns)`, which columns hold audio (kept for decoding steps).
         audio_position_embeddings: RoPE `(cos, sin)` of the audio columns when `lal_audio_rope` is on.
@@ -344,6 +347,7 @@ class PalLalInputs:
     """
 
     audio_states: dict[int, torch.Tensor]
+    audio_norms: dict[int, nn.Module]
     audio_visible: torch.Tensor
     audio_valid: torch.Tensor
     audio_position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -491,7 +495,7 @@ class PalLalAttentionMixin:
 
     def audio_key_values(self, inputs: PalLalInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio keys/values `(batch, kv_heads, num_audio_columns, head_dim)` of this layer (transposed views)."""
-        states = inputs.audio_states[self.layer_idx]
+        states = inputs.audio_norms[self.layer_idx](inputs.audio_states[self.layer_idx])
         shape = (*states.shape[:-1], -1, self.head_dim)
         shared = self.lal_kv_source == "shared"
         k_proj = self.k_proj if shared else self.audio_k_proj
@@ -926,17 +930,17 @@ class PalModel(PalPreTrainedModel):
             return None
         valid = torch.cat([column[2] for column in columns], dim=1)
         clip = torch.cat([column[3] for column in columns], dim=1)
-        states = {}
+        states, norms = {}, {}
         for layer_idx in self.config.lal_layers:
             key = str(layer_idx) if self.config.lal_projector == "per_layer" else "shared"
-            projected = torch.cat([self.lal_projectors[name][key](tokens) for name, tokens, _, _ in columns], dim=1)
-            states[layer_idx] = self.language_model.layers[layer_idx].input_layernorm(projected)
+            states[layer_idx] = torch.cat([self.lal_projectors[name][key](t) for name, t, _, _ in columns], dim=1)
+            norms[layer_idx] = self.language_model.layers[layer_idx].input_layernorm
         visible = self._audio_visibility(input_ids, inputs_embeds, valid, clip)
         rope = None
         if self.config.lal_audio_rope:
             positions = torch.arange(valid.shape[1], device=valid.device)[None] - valid.shape[1]
             rope = self.language_model.rotary_emb(states[self.config.lal_layers[0]], positions)
-        return PalLalInputs(states, visible, valid, rope)
+        return PalLalInputs(states, norms, visible, valid, rope)
 
     def _audio_visibility(self, input_ids, inputs_embeds, valid, clip) -> torch.Tensor:
         """`(B, Q, Na)`: under "causal" visibility a query sees a clip from that clip's marker token on."""

@@ -73,7 +73,8 @@ def test_qwen3_audio_keys_use_key_norm(pal_model, extractor):
 
     def capture(lal_inputs):
         keys, values = original(lal_inputs)
-        captured["keys"], captured["states"] = keys, lal_inputs.audio_states[layer_idx]
+        captured["keys"], captured["norm"] = keys, lal_inputs.audio_norms[layer_idx]
+        captured["states"] = lal_inputs.audio_norms[layer_idx](lal_inputs.audio_states[layer_idx])
         return keys, values
 
     attention.audio_key_values = capture
@@ -90,6 +91,7 @@ def test_qwen3_audio_keys_use_key_norm(pal_model, extractor):
     with torch.no_grad():
         expected_states = norm(projected(tokens))
         expected = attention.k_norm(attention.k_proj(expected_states).view(1, tokens.shape[1], -1, attention.head_dim))
+    assert captured["norm"] is norm  # normalised by the layer's own input norm, inside the layer's forward
     torch.testing.assert_close(states, expected_states)
     torch.testing.assert_close(captured["keys"], expected.transpose(1, 2))
 
