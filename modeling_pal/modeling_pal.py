@@ -494,19 +494,23 @@ class PalLalAttentionMixin:
         return {}
 
     def audio_key_values(self, inputs: PalLalInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Audio keys/values `(batch, kv_heads, num_audio_columns, head_dim)` of this layer (transposed views)."""
-        states = inputs.audio_norms[self.layer_idx](inputs.audio_states[self.layer_idx])
-        shape = (*states.shape[:-1], -1, self.head_dim)
+        """
+        Audio keys/values `(batch, kv_heads, num_audio_columns, head_dim)` of this layer (transposed views), on this
+        layer's device (with `device_map`, the model-level audio inputs may sit on another one).
+        """
         shared = self.lal_kv_source == "shared"
         k_proj = self.k_proj if shared else self.audio_k_proj
         v_proj = self.v_proj if shared else self.audio_v_proj
+        states = inputs.audio_states[self.layer_idx].to(k_proj.weight.device)
+        states = inputs.audio_norms[self.layer_idx](states)
+        shape = (*states.shape[:-1], -1, self.head_dim)
         keys = k_proj(states).view(shape)
         if hasattr(self, "k_norm"):
             keys = self.k_norm(keys)
         keys = keys.transpose(1, 2)
         if inputs.audio_position_embeddings is not None:
-            cos, sin = inputs.audio_position_embeddings
-            keys = keys * cos.unsqueeze(1) + rotate_half(keys) * sin.unsqueeze(1)
+            cos, sin = (tensor.to(keys.device).unsqueeze(1) for tensor in inputs.audio_position_embeddings)
+            keys = keys * cos + rotate_half(keys) * sin
         return keys, v_proj(states).view(shape).transpose(1, 2)
 
     def text_query_key_values(self, hidden_states, position_embeddings):
@@ -534,12 +538,12 @@ class PalLalAttentionMixin:
             audio = [tensor.to(key.dtype) for tensor in self.audio_key_values(pal_lal)]
             if store is not None and not buffered:  # concatenated at every step: contiguous copies read faster
                 audio = [tensor.contiguous() for tensor in audio]
-            joint, visible, masks = PalJointKV(*audio), pal_lal.audio_visible, pal_lal.masks
+            joint, visible, masks = PalJointKV(*audio), pal_lal.audio_visible.to(key.device), pal_lal.masks
             if store is not None:
                 store.put(self.layer_idx, joint, pal_lal.audio_valid)
         else:  # decoding step: every new query comes after all clips' markers
             joint, masks = store.layers[self.layer_idx], store.masks
-            visible = store.valid[:, None, :].expand(-1, num_new, -1)
+            visible = store.valid[:, None, :].expand(-1, num_new, -1).to(key.device)
         key_values = joint.appended(key, value, num_new) if buffered else joint.concatenated(key, value)
         return (*key_values, visible, masks)
 
@@ -906,8 +910,8 @@ class PalModel(PalPreTrainedModel):
             )
         if num_embeds == 0:
             return inputs_embeds
-        mask = placeholder_mask[..., None].expand_as(inputs_embeds)
-        return inputs_embeds.masked_scatter(mask, plits_embeds.to(inputs_embeds.dtype))
+        mask = placeholder_mask[..., None].expand_as(inputs_embeds).to(inputs_embeds.device)
+        return inputs_embeds.masked_scatter(mask, plits_embeds.to(inputs_embeds.device, inputs_embeds.dtype))
 
     def _lal_columns(self, audio: dict[str, PalAudioFeatures]):
         """Per LAL encoder: its tokens packed per sample `(B, Na_k, C_k)`, validity and clip index per column."""
