@@ -547,6 +547,26 @@ class PalLalAttentionMixin:
         key_values = joint.appended(key, value, num_new) if buffered else joint.concatenated(key, value)
         return (*key_values, visible, masks)
 
+    def splits_attention(
+        self, query: torch.Tensor, key: torch.Tensor, text_mask: torch.Tensor | None, text_kv_length: int
+    ) -> bool:
+        """
+        Whether this call takes `split_audio_attention`: SDPA on CPU over a purely causal text of at least
+        `SPLIT_ATTENTION_MIN_TEXT` positions (no padding mask, no past keys: training or a prefill without padding, no
+        sliding window shorter than the text), audio columns present, no attention dropout.
+        """
+        window = self.family_attention_kwargs().get("sliding_window")
+        return (
+            SPLIT_ATTENTION_AVAILABLE
+            and self.config._attn_implementation == "sdpa"
+            and query.device.type == "cpu"
+            and text_mask is None
+            and query.shape[2] == text_kv_length >= SPLIT_ATTENTION_MIN_TEXT
+            and key.shape[2] > text_kv_length
+            and (window is None or window >= text_kv_length)
+            and not (self.training and self.attention_dropout > 0)
+        )
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -564,6 +584,9 @@ class PalLalAttentionMixin:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
         text_kv_length = key.shape[2]
         key, value, audio_visible, masks = self.joint_key_values(key, value, query.shape[2], cache, pal_lal)
+        if self.splits_attention(query, key, attention_mask, text_kv_length):
+            attn_output = split_audio_attention(query, key, value, text_kv_length, audio_visible, self.scaling)
+            return self.o_proj(attn_output.reshape(*hidden_states.shape[:-1], -1)), None
         attention_mask = masks.extended(attention_mask, audio_visible, text_kv_length, query.dtype)
         attention_interface = lal_attention_interface(self.config._attn_implementation, query, key)
         attn_output, attn_weights = attention_interface(
@@ -579,6 +602,78 @@ class PalLalAttentionMixin:
         )
         attn_output = attn_output.reshape(*hidden_states.shape[:-1], -1).contiguous()
         return self.o_proj(attn_output), attn_weights
+
+
+# Below this many text positions (PLITS tokens included) the joint masked kernel is as fast or faster on CPU: the split
+# saves the text's upper triangle, which only then outweighs the repeated K/V heads and the second kernel call
+# (PAL step, CPU shapes: +6 % at 314 positions, -2.5 % at 1064, -14 % at 3814; docs/benchmarks.md, finding 3).
+SPLIT_ATTENTION_MIN_TEXT = 1024
+SPLIT_ATTENTION_AVAILABLE = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+class PalSplitAttention(torch.autograd.Function):
+    """
+    `[audio ; causal text]` attention on CPU as two flash-attention calls, merged by their log-sum-exps: the dense
+    audio block, and the text block with `is_causal` (an explicit joint mask would make the kernel compute the text's
+    upper triangle too). The backward runs each block's flash backward with the merged output and log-sum-exp, which
+    gives each block the joint attention's probabilities and row terms: the gradients are exact.
+
+    Inputs `(batch, heads, length, head_dim)`, K/V heads already repeated to the query heads; `audio_bias`
+    `(batch, 1, Q, Na)` additive (0, or the dtype's minimum where a query may not see a column) or None.
+    """
+
+    @staticmethod
+    def forward(ctx, query, audio_key, audio_value, text_key, text_value, audio_bias, scale):
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        audio_out, audio_lse = flash(query, audio_key, audio_value, 0.0, False, attn_mask=audio_bias, scale=scale)
+        text_out, text_lse = flash(query, text_key, text_value, 0.0, True, scale=scale)
+        lse = torch.logaddexp(audio_lse, text_lse)
+        weights = [(block_lse - lse).exp().unsqueeze(-1) for block_lse in (audio_lse, text_lse)]
+        out = (audio_out.float() * weights[0] + text_out.float() * weights[1]).to(query.dtype)
+        ctx.save_for_backward(query, audio_key, audio_value, text_key, text_value, audio_bias, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, audio_key, audio_value, text_key, text_value, audio_bias, out, lse = ctx.saved_tensors
+        flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        grad_out = grad_out.contiguous()
+        audio = flash_backward(
+            grad_out, query, audio_key, audio_value, out, lse, 0.0, False, attn_mask=audio_bias, scale=ctx.scale
+        )
+        text = flash_backward(grad_out, query, text_key, text_value, out, lse, 0.0, True, scale=ctx.scale)
+        return audio[0] + text[0], audio[1], audio[2], text[1], text[2], None, None
+
+
+def split_audio_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    text_kv_length: int,
+    audio_visible: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """
+    `PalSplitAttention` for a LAL layer: `query (B, heads, Q, D)`, the `[audio ; text]` `key`/`value`
+    `(B, kv_heads, Na + Q, D)`, `audio_visible (B, Q, Na)` → `(B, Q, heads, D)`, as Transformers' attention functions
+    return.
+    """
+    groups = query.shape[1] // key.shape[1]
+    sizes = [key.shape[2] - text_kv_length, text_kv_length]
+
+    def per_head(tensor: torch.Tensor) -> torch.Tensor:  # the flash kernel has no grouped-query mode
+        return tensor.repeat_interleave(groups, dim=1) if groups > 1 else tensor.contiguous()
+
+    audio_key, text_key = (per_head(part) for part in key.split(sizes, dim=2))
+    audio_value, text_value = (per_head(part) for part in value.split(sizes, dim=2))
+    audio_bias = None
+    if not audio_visible.all():
+        hidden = ~audio_visible[:, None]
+        audio_bias = torch.zeros(hidden.shape, dtype=query.dtype, device=query.device)
+        audio_bias = audio_bias.masked_fill(hidden, torch.finfo(query.dtype).min)
+    out = PalSplitAttention.apply(query.contiguous(), audio_key, audio_value, text_key, text_value, audio_bias, scale)
+    return out.transpose(1, 2)
 
 
 def lal_attention_interface(implementation: str, query: torch.Tensor, key: torch.Tensor) -> Callable:
