@@ -113,6 +113,21 @@ def last_logits(model, inputs) -> torch.Tensor:
     return model(**inputs).logits[:, -1]
 
 
+def text_labels(config, inputs: dict) -> torch.Tensor:
+    """Labels on every text position: the input ids, -100 at audio markers, PLITS placeholders and padding."""
+    ids = inputs["input_ids"]
+    audio = (ids == config.audio_placeholder_token_id) | (ids == config.audio_token_id)
+    return ids.masked_fill(audio | (inputs["attention_mask"] == 0), -100)
+
+
+def loss_and_gradients(model, inputs: dict) -> tuple:
+    """One forward with `inputs` (labels included) and its backward: (the output, {parameter name: gradient})."""
+    model.zero_grad(set_to_none=True)
+    output = model(**inputs)
+    output.loss.backward()
+    return output, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
 def greedy(model, inputs, **kwargs) -> torch.Tensor:
     return model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False, **kwargs)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import build_inputs, clip, prompt
+from helpers import build_inputs, clip, loss_and_gradients, prompt, text_labels
 from transformers import WhisperFeatureExtractor
 
 from modeling_pal.training import set_trainable
@@ -29,15 +29,12 @@ def test_fsdp2_on_two_cpu_ranks_matches_the_unsharded_model(
     extractor = WhisperFeatureExtractor.from_pretrained(tiny_whisper_dir)
     samples = [[prompt(3), clip(1.0, 0), prompt(4)], [prompt(2), clip(1.5, 1), prompt(6, start=40)]]
     batch = build_inputs(model, extractor, samples)
-    config = model.config
-    audio = (batch["input_ids"] == config.audio_placeholder_token_id) | (batch["input_ids"] == config.audio_token_id)
-    batch["labels"] = batch["input_ids"].masked_fill(audio | (batch["attention_mask"] == 0), -100)
+    batch["labels"] = text_labels(model.config, batch)
     model.save_pretrained(tmp_path / "model")
     torch.save(batch, tmp_path / "batch.pt")
 
     set_trainable(model, TRAINED)
-    loss = model(**batch).loss
-    loss.backward()
+    output, expected = loss_and_gradients(model, batch)
     command = [
         sys.executable,
         str(SCRIPT),
@@ -51,8 +48,7 @@ def test_fsdp2_on_two_cpu_ranks_matches_the_unsharded_model(
 
     assert any("language_model.layers" in unit for unit in sharded["units"])
     assert any("audio_towers" in unit for unit in sharded["units"])
-    torch.testing.assert_close(sharded["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
-    expected = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(sharded["loss"], output.loss.detach(), rtol=1e-5, atol=1e-6)
     assert sharded["grads"].keys() == expected.keys()
     assert any("lal_projectors" in name for name in expected)
     for name, grad in expected.items():

@@ -13,7 +13,9 @@ from helpers import (
     check_save_load,
     clip,
     greedy,
+    loss_and_gradients,
     prompt,
+    text_labels,
 )
 from transformers import AutoModelForCausalLM, WhisperFeatureExtractor
 
@@ -199,13 +201,6 @@ def test_eager_equals_sdpa_on_left_padded_batch(family, integration, pal_model, 
     assert (sdpa[mask] - eager[mask]).abs().max() <= 1e-5
 
 
-def gradients_and_logits(model, inputs: dict) -> tuple[torch.Tensor, dict]:
-    model.zero_grad(set_to_none=True)
-    output = model(**inputs)
-    output.loss.backward()
-    return output.logits.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-
-
 # Llama: grouped K/V heads; Qwen3: the audio keys' k_norm; hybrid: Q-Former summaries in the text
 @pytest.mark.parametrize(("family", "integration"), [("llama", "lal"), ("qwen3", "lal"), ("llama", "hybrid")])
 def test_split_audio_attention_equals_the_joint_one(family, integration, pal_model, extractor, monkeypatch):
@@ -216,25 +211,23 @@ def test_split_audio_attention_equals_the_joint_one(family, integration, pal_mod
     length = build_inputs(model, extractor, [with_audio])["input_ids"].shape[1]
     inputs = build_inputs(model, extractor, [[prompt(length, 40)], with_audio])
     assert inputs["attention_mask"].all()  # no padding: the text attention is purely causal
-    audio = (inputs["input_ids"] == model.config.audio_placeholder_token_id) | (
-        inputs["input_ids"] == model.config.audio_token_id
-    )
-    labels = inputs["input_ids"].masked_fill(audio, -100)
+    inputs["labels"] = text_labels(model.config, inputs)
     monkeypatch.setattr(modeling_pal.modeling_pal, "SPLIT_ATTENTION_MIN_TEXT", 2)
     calls = []
     split = modeling_pal.modeling_pal.PalSplitAttention.apply
     monkeypatch.setattr(
         modeling_pal.modeling_pal.PalSplitAttention, "apply", lambda *args: calls.append(args) or split(*args)
     )
-    split_logits, split_grads = gradients_and_logits(model, {**inputs, "labels": labels})
+    split_output, split_grads = loss_and_gradients(model, inputs)
     assert len(calls) == len(model.config.lal_layers)
     model.set_attn_implementation("eager")
-    joint_logits, joint_grads = gradients_and_logits(model, {**inputs, "labels": labels})
-    torch.testing.assert_close(split_logits, joint_logits, rtol=1e-5, atol=1e-5)
+    joint_output, joint_grads = loss_and_gradients(model, inputs)
+    torch.testing.assert_close(split_output.logits, joint_output.logits, rtol=1e-5, atol=1e-5)
     assert split_grads.keys() == joint_grads.keys()
     for name, grad in split_grads.items():
         torch.testing.assert_close(grad, joint_grads[name], rtol=1e-4, atol=1e-5, msg=name)
     model.eval()
+    inputs.pop("labels")
     joint_tokens = greedy(model, inputs)
     model.set_attn_implementation("sdpa")
     assert torch.equal(greedy(model, inputs), joint_tokens)  # the prefill takes the split kernels too
