@@ -313,11 +313,13 @@ class PalQFormerProjector(nn.Module):
 class PalMaskMemo:
     """
     The last extended mask (see `extend_attention_mask`), reused while the text mask (the same object), the text key
-    length, the query length and the dtype repeat: all LAL layers of a forward or decoding step share one mask.
+    length, the query length and the dtype repeat: all LAL layers of a forward or decoding step share one mask. The
+    same for the split attention's audio bias (`split_bias`).
     """
 
     def __init__(self):
         self.entry: tuple | None = None
+        self.bias_entry: tuple | None = None
 
     def extended(
         self, text_mask: torch.Tensor | None, audio_visible: torch.Tensor, text_kv_length: int, dtype: torch.dtype
@@ -328,6 +330,13 @@ class PalMaskMemo:
             # the entry keeps `text_mask` alive, so no later mask can take over its identity
             self.entry = (text_mask, key, extend_attention_mask(text_mask, audio_visible, text_kv_length, dtype))
         return self.entry[2]
+
+    def split_bias(self, audio_visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """`split_audio_attention`'s `audio_bias (B, 1, Q, Na)`, None when every query sees every column."""
+        key = (audio_visible.shape, dtype)
+        if self.bias_entry is None or self.bias_entry[0] != key:
+            self.bias_entry = (key, None if audio_visible.all() else visibility_bias(audio_visible[:, None], dtype))
+        return self.bias_entry[1]
 
 
 @dataclass
@@ -585,7 +594,8 @@ class PalLalAttentionMixin:
         text_kv_length = key.shape[2]
         key, value, audio_visible, masks = self.joint_key_values(key, value, query.shape[2], cache, pal_lal)
         if self.splits_attention(query, key, attention_mask, text_kv_length):
-            attn_output = split_audio_attention(query, key, value, text_kv_length, audio_visible, self.scaling)
+            bias = masks.split_bias(audio_visible, query.dtype)
+            attn_output = split_audio_attention(query, key, value, text_kv_length, bias, self.scaling)
             return self.o_proj(attn_output.reshape(*hidden_states.shape[:-1], -1)), None
         attention_mask = masks.extended(attention_mask, audio_visible, text_kv_length, query.dtype)
         attention_interface = lal_attention_interface(self.config._attn_implementation, query, key)
@@ -651,13 +661,13 @@ def split_audio_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     text_kv_length: int,
-    audio_visible: torch.Tensor,
+    audio_bias: torch.Tensor | None,
     scale: float,
 ) -> torch.Tensor:
     """
     `PalSplitAttention` for a LAL layer: `query (B, heads, Q, D)`, the `[audio ; text]` `key`/`value`
-    `(B, kv_heads, Na + Q, D)`, `audio_visible (B, Q, Na)` → `(B, Q, heads, D)`, as Transformers' attention functions
-    return.
+    `(B, kv_heads, Na + Q, D)`, the additive `audio_bias (B, 1, Q, Na)` or None → `(B, Q, heads, D)`, as Transformers'
+    attention functions return.
     """
     groups = query.shape[1] // key.shape[1]
     sizes = [key.shape[2] - text_kv_length, text_kv_length]
@@ -667,11 +677,6 @@ def split_audio_attention(
 
     audio_key, text_key = (per_head(part) for part in key.split(sizes, dim=2))
     audio_value, text_value = (per_head(part) for part in value.split(sizes, dim=2))
-    audio_bias = None
-    if not audio_visible.all():
-        hidden = ~audio_visible[:, None]
-        audio_bias = torch.zeros(hidden.shape, dtype=query.dtype, device=query.device)
-        audio_bias = audio_bias.masked_fill(hidden, torch.finfo(query.dtype).min)
     out = PalSplitAttention.apply(query.contiguous(), audio_key, audio_value, text_key, text_value, audio_bias, scale)
     return out.transpose(1, 2)
 
@@ -725,9 +730,13 @@ def extend_attention_mask(
     audio_visible = audio_visible[:, None]
     if text_mask.dtype == torch.bool:
         return torch.cat([audio_visible, text_mask], dim=-1)
-    audio_bias = torch.zeros(audio_visible.shape, dtype=text_mask.dtype, device=text_mask.device)
-    audio_bias = audio_bias.masked_fill(~audio_visible, torch.finfo(text_mask.dtype).min)
-    return torch.cat([audio_bias, text_mask], dim=-1)
+    return torch.cat([visibility_bias(audio_visible, text_mask.dtype), text_mask], dim=-1)
+
+
+def visibility_bias(audio_visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive form of a visibility mask: 0 where a query sees a column, the dtype's minimum elsewhere."""
+    bias = torch.zeros(audio_visible.shape, dtype=dtype, device=audio_visible.device)
+    return bias.masked_fill(~audio_visible, torch.finfo(dtype).min)
 
 
 class PalLlamaAttention(PalLalAttentionMixin, LlamaAttention):
