@@ -63,6 +63,7 @@ REPORT_SECTIONS = {
     "efficiency-quick.json": "Quick run (CPU, Na = 500)",
     "efficiency-cpu.json": "Full CPU sweep",
     "efficiency-cpu-reduced.json": "Reduced CPU sweep (code-path check)",
+    "efficiency-paper-cpu.json": "Paper shapes on CPU (bf16)",
     "efficiency-paper-cuda.json": "Paper shapes on CUDA (bf16)",
 }
 
@@ -81,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="model shapes (default: cpu; smoke for --smoke)")
-    parser.add_argument("--dtype", help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--dtype", help="default: bfloat16 on CUDA and for the paper shapes, float32 otherwise")
     parser.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
     parser.add_argument("--na", help="comma-separated Na points (overrides the mode's)")
     parser.add_argument("--nt", type=int, help="text positions per sample")
@@ -312,7 +313,7 @@ def main(argv=None) -> int:
             )
             return 2
     shape_name = args.shape or mode["shape"]
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") or shape_name == "paper" else "float32")
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -330,7 +331,7 @@ def main(argv=None) -> int:
     output = args.output or RESULTS / (
         f"efficiency-{mode_name}.json"
         if mode_name != "full"
-        else "efficiency-paper-cuda.json"
+        else f"efficiency-paper-{'cuda' if on_gpu else 'cpu'}.json"
         if shape_name == "paper"
         else "efficiency-cpu.json"
     )
