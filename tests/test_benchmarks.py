@@ -220,8 +220,11 @@ def test_cuda_request_without_cuda_fails_clearly(tmp_path):
 
 
 def test_paper_shapes_build_on_meta_device():
-    """The paper's shapes are valid configs: Llama-3.2-1B + Whisper-large-v3 encoder + CLAP HTSAT (no weights)."""
-    from _variants import SHAPES, clap_config, llama_config, whisper_config
+    """
+    The paper's shapes are valid configs: Llama-3.2-1B + Whisper-large-v3 encoder + CLAP HTSAT (no weights), built
+    as the benchmark builds them: directly on the run's device, in its dtype.
+    """
+    from _variants import SHAPES, clap_config, instantiate, llama_config, whisper_config
 
     from modeling_pal import PalConfig, PalForConditionalGeneration
 
@@ -235,8 +238,8 @@ def test_paper_shapes_build_on_meta_device():
         audio_token_id=shape["llm"]["vocab_size"] - 2,
         audio_placeholder_token_id=shape["llm"]["vocab_size"] - 1,
     )
-    with torch.device("meta"):
-        model = PalForConditionalGeneration(config)
+    model = instantiate(PalForConditionalGeneration._from_config, config, "meta", torch.bfloat16)
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.bfloat16)}
     llm_params = sum(p.numel() for p in model.model.language_model.parameters())
     assert 1.1e9 < llm_params < 1.3e9  # Llama-3.2-1B: 1.24 B with tied embeddings
     assert config.lal_layers == list(range(4, 16))
