@@ -525,6 +525,12 @@ def markdown(results: dict, title: str) -> str:
         "",
     ]
     if summary["targets"]:
+        if settings.get("shape_name") != "cpu":
+            lines += [
+                f"The targets are the quick run's acceptance points (CPU shapes, Na = {TARGET_NA}); at these shapes "
+                "they are a comparison, not a verdict.",
+                "",
+            ]
         lines += [
             "| target | where | value (wall clock) | threshold | pass | same from process CPU time |",
             "|---|---|---|---|---|---|",
