@@ -240,6 +240,7 @@ def test_paper_shapes_build_on_meta_device():
     )
     model = instantiate(PalForConditionalGeneration._from_config, config, "meta", torch.bfloat16)
     assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.bfloat16)}
+    assert {b.device.type for b in model.buffers()} == {"meta"}  # nothing left on the CPU of a GPU run
     llm_params = sum(p.numel() for p in model.model.language_model.parameters())
     assert 1.1e9 < llm_params < 1.3e9  # Llama-3.2-1B: 1.24 B with tied embeddings
     assert config.lal_layers == list(range(4, 16))
