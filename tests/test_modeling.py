@@ -201,6 +201,17 @@ def test_eager_equals_sdpa_on_left_padded_batch(family, integration, pal_model, 
     assert (sdpa[mask] - eager[mask]).abs().max() <= 1e-5
 
 
+def forced_split_attention(monkeypatch) -> list:
+    """Makes every LAL layer take the split attention whatever the text length; returns the list its calls go to."""
+    monkeypatch.setattr(modeling_pal.modeling_pal, "SPLIT_ATTENTION_MIN_TEXT", 2)
+    calls = []
+    split = modeling_pal.modeling_pal.PalSplitAttention.apply
+    monkeypatch.setattr(
+        modeling_pal.modeling_pal.PalSplitAttention, "apply", lambda *args: calls.append(args) or split(*args)
+    )
+    return calls
+
+
 # Llama: grouped K/V heads; Qwen3: the audio keys' k_norm; hybrid: Q-Former summaries in the text
 @pytest.mark.parametrize(("family", "integration"), [("llama", "lal"), ("qwen3", "lal"), ("llama", "hybrid")])
 def test_split_audio_attention_equals_the_joint_one(family, integration, pal_model, extractor, monkeypatch):
@@ -212,12 +223,7 @@ def test_split_audio_attention_equals_the_joint_one(family, integration, pal_mod
     inputs = build_inputs(model, extractor, [[prompt(length, 40)], with_audio])
     assert inputs["attention_mask"].all()  # no padding: the text attention is purely causal
     inputs["labels"] = text_labels(model.config, inputs)
-    monkeypatch.setattr(modeling_pal.modeling_pal, "SPLIT_ATTENTION_MIN_TEXT", 2)
-    calls = []
-    split = modeling_pal.modeling_pal.PalSplitAttention.apply
-    monkeypatch.setattr(
-        modeling_pal.modeling_pal.PalSplitAttention, "apply", lambda *args: calls.append(args) or split(*args)
-    )
+    calls = forced_split_attention(monkeypatch)
     split_output, split_grads = loss_and_gradients(model, inputs)
     assert len(calls) == len(model.config.lal_layers)
     model.set_attn_implementation("eager")
@@ -246,3 +252,23 @@ def test_trust_remote_code_without_package(pal_model, extractor, tmp_path):
         model = pal_model(family, integration)
         cases.append((model, build_inputs(model, extractor, [[prompt(3), clip(1.0, 13), prompt(3, 40)]])))
     check_remote_code(cases, tmp_path)
+
+
+def test_split_audio_attention_in_bfloat16(pal_model, extractor, monkeypatch):
+    """bf16 (the training dtype of the paper): the split kernels' log-sum-exp merge stays as close to the joint
+    float32 attention as the joint bf16 kernel does."""
+    reference = copy.deepcopy(pal_model("llama", "lal")).train()
+    inputs = build_inputs(reference, extractor, [[prompt(3), clip(1.0, 5), prompt(4)]])
+    inputs["labels"] = text_labels(reference.config, inputs)
+    expected, _ = loss_and_gradients(reference, inputs)
+    model = reference.to(torch.bfloat16)
+    joint, joint_grads = loss_and_gradients(model, inputs)
+    calls = forced_split_attention(monkeypatch)
+    split, split_grads = loss_and_gradients(model, inputs)
+    assert len(calls) == len(model.config.lal_layers) and split.logits.dtype == torch.bfloat16
+    joint_error = (joint.logits.float() - expected.logits).abs().max()
+    assert (split.logits.float() - expected.logits).abs().max() <= 2 * joint_error
+    assert split_grads.keys() == joint_grads.keys()
+    for name, grad in split_grads.items():  # within bf16 rounding of each gradient's scale
+        scale = joint_grads[name].float().abs().max().item()
+        torch.testing.assert_close(grad.float(), joint_grads[name].float(), rtol=0.02, atol=0.02 * scale, msg=name)
