@@ -255,8 +255,10 @@ def test_trust_remote_code_without_package(pal_model, extractor, tmp_path):
 
 
 def test_split_audio_attention_in_bfloat16(pal_model, extractor, monkeypatch):
-    """bf16 (the training dtype of the paper): the split kernels' log-sum-exp merge stays as close to the joint
-    float32 attention as the joint bf16 kernel does."""
+    """
+    bf16, the paper's training dtype: the split kernels' log-sum-exp merge stays as close to the float32 model as the
+    joint bf16 kernel does, and their gradients agree within bf16 rounding.
+    """
     reference = copy.deepcopy(pal_model("llama", "lal")).train()
     inputs = build_inputs(reference, extractor, [[prompt(3), clip(1.0, 5), prompt(4)]])
     inputs["labels"] = text_labels(reference.config, inputs)
