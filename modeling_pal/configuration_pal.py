@@ -133,7 +133,9 @@ class PalConfig(PreTrainedConfig):
             of 16 layers or more, else `num_hidden_layers // 4`. Only meaningful when an encoder uses LAL.
         lal_layers (`list[int]`, *optional*):
             Explicit list of LAL layers. After construction this field always holds the resolved, sorted list
-            (`[]` when no encoder uses LAL). Setting it together with an inconsistent `lal_start_layer` raises.
+            (`[]` when no encoder uses LAL). Setting it together with an inconsistent `lal_start_layer` raises, at
+            construction and on `save_pretrained`. `from_pretrained(path, lal_start_layer=k)` (or `lal_layers=`)
+            replaces the stored layout.
         lal_audio_visibility (`str`, *optional*, defaults to `"causal"`):
             `"causal"`: a text position sees a LAL clip only at or after that clip's marker token, so a multi-turn
             chat never sees a later turn's audio. `"all"`: every text position sees every clip.
@@ -217,6 +219,27 @@ class PalConfig(PreTrainedConfig):
         self.audio_encoders = self._resolve_encoder_settings()
         self.lal_layers = self._resolve_lal_layers()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> PalConfig:
+        """
+        As `PreTrainedConfig.from_dict`, but `lal_start_layer` / `lal_layers` overrides (e.g.
+        `from_pretrained(path, lal_start_layer=4)`) replace the stored LAL layout and are resolved and validated like
+        constructor arguments, instead of being set beside the stored, already resolved `lal_layers`.
+        """
+        layout = {key: kwargs.pop(key) for key in ("lal_start_layer", "lal_layers") if key in kwargs}
+        if layout:
+            config_dict = {**config_dict, "lal_start_layer": None, "lal_layers": None, **layout}
+        return super().from_dict(config_dict, **kwargs)
+
+    def validate_lal_layout(self):
+        """`lal_layers` must stay the resolved layout, also after attribute assignments (checked again on save)."""
+        resolved = self._resolve_lal_layers()
+        if resolved != self.lal_layers:
+            raise ValueError(
+                f"lal_layers {self.lal_layers} does not match the layout {resolved} the other LAL settings give; "
+                "set both lal_start_layer and lal_layers, or build a new PalConfig"
+            )
+
     @property
     def custom_pipelines(self) -> dict:
         """
@@ -278,7 +301,7 @@ class PalConfig(PreTrainedConfig):
             raise ValueError(f"audio_encoders[{k}].projector must be one of {PROJECTORS}, got {entry['projector']!r}")
         if entry["integration"] == "hybrid" and entry["projector"] != "qformer":
             raise ValueError(f"audio_encoders[{k}].projector must be 'qformer' for hybrid integration")
-        if not isinstance(entry["downsample"], int) or entry["downsample"] < 1:
+        if type(entry["downsample"]) is not int or entry["downsample"] < 1:  # bool is an int subclass
             raise ValueError(f"audio_encoders[{k}].downsample must be a positive int, got {entry['downsample']!r}")
         if not isinstance(entry["layer"], int):
             raise ValueError(f"audio_encoders[{k}].layer must be an int, got {entry['layer']!r}")
@@ -324,6 +347,10 @@ class PalConfig(PreTrainedConfig):
             raise ValueError(f"num_summary_tokens must be positive, got {self.num_summary_tokens}")
         if self.qformer_num_layers < 1:
             raise ValueError(f"qformer_num_layers must be positive, got {self.qformer_num_layers}")
+        if self.audio_token_id is not None and self.audio_token_id == self.audio_placeholder_token_id:
+            raise ValueError(
+                f"audio_token_id and audio_placeholder_token_id must differ, both are {self.audio_token_id}"
+            )
 
 
 __all__ = ["PalConfig"]

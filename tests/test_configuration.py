@@ -1,6 +1,7 @@
 """PalConfig: resolution of LAL layers, validation errors naming the field, and serialisation round-trips."""
 
 import pytest
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, LlamaConfig, WhisperConfig
 
 from modeling_pal import PalConfig
@@ -38,6 +39,8 @@ def test_defaults_and_resolved_layers():
         ({"audio_encoders": [{"name": "whisper", "integration": "cross"}]}, "integration"),
         ({"audio_encoders": [{"name": "whisper", "integration": "lal", "projector": "conv"}]}, "projector"),
         ({"audio_encoders": [{"name": "whisper", "integration": "plits", "downsample": 0}]}, "downsample"),
+        ({"audio_encoders": [{"name": "whisper", "integration": "plits", "downsample": True}]}, "downsample"),
+        ({"audio_token_id": 5, "audio_placeholder_token_id": 5}, "audio_placeholder_token_id"),
         ({"audio_encoders": [{"name": "whisper", "integration": "lal", "colour": 1}]}, "colour"),
         ({"audio_encoders": []}, "audio_encoders"),
         ({"audio_config_1": WhisperConfig(d_model=32)}, "audio_encoders"),
@@ -63,3 +66,21 @@ def test_round_trips(tmp_path):
     without_path = lambda c: {k: v for k, v in c.to_dict().items() if k != "_name_or_path"}  # noqa: E731
     assert without_path(reloaded) == without_path(config)
     assert reloaded.get_text_config(decoder=True).num_hidden_layers == 8
+
+
+def test_loading_with_a_new_lal_start_layer_resolves_the_layers_again(tmp_path):
+    make(lal_start_layer=2).save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path, lal_start_layer=5).lal_layers == [5, 6, 7]
+    assert AutoConfig.from_pretrained(tmp_path, lal_layers=[7, 6]).lal_layers == [6, 7]
+    with pytest.raises(ValueError, match="inconsistent"):
+        AutoConfig.from_pretrained(tmp_path, lal_start_layer=4, lal_layers=[6, 7])
+
+
+def test_save_refuses_a_layout_changed_after_construction(tmp_path):
+    config = make(lal_start_layer=2)
+    config.lal_start_layer = 5  # lal_layers still says [2 … 7]
+    with pytest.raises(StrictDataclassClassValidationError, match="lal_layers"):
+        config.save_pretrained(tmp_path)
+    config.lal_layers = [5, 6, 7]
+    config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).lal_layers == [5, 6, 7]
