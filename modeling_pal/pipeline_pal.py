@@ -1,10 +1,14 @@
 """The "audio-text-to-text" pipeline: chats or prompts with audio in, generated text out.
 
-This file imports only `transformers`: `save_pretrained` copies it next to checkpoints, so that
+This file imports only `transformers` and `torch`: `save_pretrained` copies it next to checkpoints, so that
 `pipeline(model=checkpoint, trust_remote_code=True)` serves PAL without the package installed.
 """
 
+from collections.abc import Sized
+
+from torch.utils.data import DataLoader
 from transformers.pipelines import AnyToAnyPipeline
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 PIPELINE_TASK = "audio-text-to-text"
 # Shipped in checkpoints as `config.custom_pipelines`; `PalConfig.custom_pipelines` hides it once the task is
@@ -24,7 +28,8 @@ class AudioTextToTextPipeline(AnyToAnyPipeline):
     `audio`). Inputs are chats whose user turns hold `{"type": "audio", "audio" | "path" | "url": ...}` items, or
     `text=` prompts with one `processor.audio_token` per clip plus `audio=` clips (arrays, paths, URLs; a list per
     batch). Files are decoded at their own rate and resampled by the processor; arrays are taken at
-    `processor.sampling_rate` unless `sampling_rate=` is given.
+    `processor.sampling_rate` unless `sampling_rate=` is given. With `batch_size > 1`, the processor's `collate`
+    lays out each batch, so batched and one-by-one generation agree.
 
     Example:
 
@@ -52,6 +57,34 @@ class AudioTextToTextPipeline(AnyToAnyPipeline):
         ).to(dtype=self.dtype)
         model_inputs["text"] = inputs["text"]
         return model_inputs
+
+    def get_iterator(
+        self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
+    ):
+        """
+        Batches with the processor's `collate` where it has one: Transformers' generic collate pads every input
+        alike, and cannot pad audio windows (clip index -1) nor merge prompts with and without audio.
+        """
+        if batch_size == 1 or not hasattr(self.processor, "collate"):
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        if isinstance(inputs, Sized):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+            num_workers = min(num_workers, 1)  # as Transformers does: several workers would each run through it
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=self._collate)
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    def _collate(self, items: list[dict]) -> dict:
+        """Preprocessed prompts → one batch; their `text` (prompt or chat, for the outputs) stays a list."""
+        batch = self.processor.collate(
+            [{name: value for name, value in item.items() if name != "text"} for item in items]
+        )
+        batch["text"] = [item["text"] for item in items]
+        return batch
 
     def save_pretrained(self, save_directory, **kwargs):
         """Saves the model (which ships this file for remote-code users) and the whole processor."""

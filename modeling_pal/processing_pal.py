@@ -8,10 +8,12 @@ import numbers
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
 import soxr
+import torch
 from transformers import (
     ASTFeatureExtractor,
     AutoFeatureExtractor,
@@ -37,6 +39,7 @@ from .configuration_pal import (
 from .modeling_pal import AUDIO_INPUT_PREFIXES
 
 MAX_CHANNELS = 8
+ENCODED_TYPES = (bytes, bytearray, memoryview)  # encoded audio files, decoded like paths
 DEFAULT_WAVEFORM_WINDOW_SECONDS = 30.0
 
 
@@ -46,16 +49,22 @@ def _fetch_url(url: str) -> bytes:
         return response.read()
 
 
-def _decode_file(source: str | Path | bytes) -> tuple[np.ndarray, int]:
-    """Decodes a path, an http(s) URL or encoded bytes at the file's own rate: `(samples, channels)` and the rate."""
+def _decode_file(source: str | Path | bytes | bytearray | memoryview | BinaryIO) -> tuple[np.ndarray, int]:
+    """
+    Decodes a path, an http(s) URL, encoded bytes or a binary file object at the file's own rate: `(samples,
+    channels)` and the rate.
+    """
+    label = repr(source)[:80]
     if isinstance(source, str) and source.startswith(("http://", "https://")):
         source = _fetch_url(source)
-    elif not isinstance(source, bytes) and not Path(source).is_file():
+    if isinstance(source, ENCODED_TYPES):
+        source = io.BytesIO(source)
+    elif not hasattr(source, "read") and not Path(source).is_file():
         raise FileNotFoundError(f"audio file not found: {source}")
     try:
-        data, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32")
+        data, rate = soundfile.read(source, dtype="float32")
     except Exception as error:  # soundfile raises its own LibsndfileError subclasses
-        raise ValueError(f"cannot decode audio {str(source)[:80]!r}: {error}") from error
+        raise ValueError(f"cannot decode audio {label}: {error}") from error
     return data, rate
 
 
@@ -71,13 +80,17 @@ def _from_mapping(value: Mapping, sampling_rate: int | None) -> tuple[object, in
 
 
 def _as_samples(value: object) -> np.ndarray:
-    """Validates raw samples and returns them as 1-D float32, down-mixing the channel axis (size ≤ 8) of 2-D input."""
+    """
+    Validates raw samples and returns them as 1-D float32, down-mixing the channel axis (size ≤ 8) of 2-D input.
+    Integer arrays and tensors are PCM: scaled by their dtype's range to [-1, 1] (unsigned ones centred first).
+    """
     try:
-        samples = np.asarray(value.cpu() if hasattr(value, "cpu") else value)
+        samples = np.asarray(value, dtype=np.float32) if isinstance(value, (list, tuple)) else _as_array(value)
     except Exception as error:
-        raise ValueError(f"audio is not numeric: {type(value).__name__}") from error
+        raise ValueError(f"audio is not a numeric array: {type(value).__name__} ({error})") from error
     if samples.dtype == object or not (np.issubdtype(samples.dtype, np.number) or samples.dtype == bool):
         raise ValueError(f"audio must be numeric, got dtype {samples.dtype}")
+    samples = _pcm_to_float(samples)
     if samples.ndim == 2:
         channel_axis = int(np.argmin(samples.shape))
         if samples.shape[channel_axis] > MAX_CHANNELS:
@@ -93,23 +106,48 @@ def _as_samples(value: object) -> np.ndarray:
     return samples
 
 
+def _as_array(value: object) -> np.ndarray:
+    """An array or tensor (on any device) as a numpy array of its own dtype."""
+    return np.asarray(value.cpu() if hasattr(value, "cpu") else value)
+
+
+def _pcm_to_float(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM → float in [-1, 1] (int16 by 32768, uint8 centred on 128); other dtypes unchanged."""
+    if not np.issubdtype(samples.dtype, np.integer):
+        return samples
+    info = np.iinfo(samples.dtype)
+    scale = 2.0 ** (info.bits - 1)
+    return (samples.astype(np.float64) - (0 if info.min < 0 else scale)) / scale
+
+
+def _sampling_rate(value: object) -> int:
+    """A sampling rate as a positive `int`; anything else (0, negative, fractional, a string) raises."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value > 0 and float(value).is_integer()):
+        raise ValueError(f"sampling_rate must be a positive integer (Hz), got {value!r}")
+    return int(value)
+
+
 def load_audio(value: object, sampling_rate: int | None = None) -> tuple[np.ndarray, int]:
     """
     Turns any supported audio value into mono float32 samples and their rate, without resampling.
 
     Args:
-        value: a path (`str`/`Path`), an http(s) URL, encoded bytes, a 1-D/2-D array, tensor or list, a dict with `array` (+
-            `sampling_rate`), `path` or `bytes`, or a `datasets` `AudioDecoder`.
+        value: a path (`str`/`Path`), an http(s) URL, encoded bytes (`bytes`, `bytearray`, `memoryview`), a binary
+            file object, a 1-D/2-D array, tensor or (nested) list (integer PCM is scaled to [-1, 1]), a dict with
+            `array` (+ `sampling_rate`), `path` or `bytes`, or a `datasets` `AudioDecoder`.
         sampling_rate: the rate of raw arrays/lists/tensors (paths are decoded at the file's own rate).
 
     Returns:
         `(samples, rate)` with `samples` of shape `(num_samples,)`.
 
     Raises:
-        `ValueError` naming the problem (empty, NaN/inf, non-numeric, wrong rank, undecodable, unknown rate);
+        `ValueError` naming the problem (`None`, empty, NaN/inf, non-numeric, wrong rank, undecodable, unknown or
+        invalid rate);
         `FileNotFoundError` for a missing path.
     """
-    if isinstance(value, (str, Path, bytes)):
+    if value is None:
+        raise ValueError("audio is None; a prompt without audio takes no clip (`[]` in a per-prompt list)")
+    if isinstance(value, (str, Path, *ENCODED_TYPES)) or hasattr(value, "read"):
         value, sampling_rate = _decode_file(value)
     elif isinstance(value, Mapping) or hasattr(value, "get_all_samples"):
         if hasattr(value, "get_all_samples"):  # datasets' AudioDecoder (torchcodec)
@@ -119,7 +157,7 @@ def load_audio(value: object, sampling_rate: int | None = None) -> tuple[np.ndar
             value, sampling_rate = _from_mapping(value, sampling_rate)
     if sampling_rate is None:
         raise ValueError("raw audio needs a sampling_rate")
-    return _as_samples(value), int(sampling_rate)
+    return _as_samples(value), _sampling_rate(sampling_rate)
 
 
 def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
@@ -351,9 +389,18 @@ def wrap_chat_template(template: str | dict | None, audio_token: str) -> str | d
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _is_samples(value: object) -> bool:
+    """A list of numbers, or of lists of numbers (one multi-channel clip, as numpy reads it)."""
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(item, numbers.Number)
+        or (isinstance(item, (list, tuple)) and all(isinstance(sample, numbers.Number) for sample in item))
+        for item in value
+    )
+
+
 def _is_clip_list(value: object) -> bool:
-    """A list of clips (as opposed to one clip given as a list of samples)."""
-    return isinstance(value, (list, tuple)) and not any(isinstance(item, numbers.Number) for item in value)
+    """A list of clips (as opposed to one clip given as a list of samples, or as a nested list of channels)."""
+    return isinstance(value, (list, tuple)) and not (value and _is_samples(value))
 
 
 class PalProcessor(ProcessorMixin):
@@ -517,8 +564,9 @@ class PalProcessor(ProcessorMixin):
             audio (*optional*):
                 The clips, in text order as one flat list, or one list per prompt (`[]` for text-only prompts). A clip
                 is a 1-D array/tensor/list (mono), a 2-D one (multi-channel: the axis of size ≤ 8 is channels, down-
-                mixed), a path or http(s) URL (decoded at the file's own rate), encoded bytes, or a `datasets`-style
-                dict (`{"array", "sampling_rate"}`, `{"path"}`, `{"bytes"}`).
+                mixed; also a nested list), a path or http(s) URL (decoded at the file's own rate), encoded bytes or a
+                binary file object, or a `datasets`-style dict (`{"array", "sampling_rate"}`, `{"path"}`,
+                `{"bytes"}`). Integer arrays are PCM, scaled by their dtype's range to [-1, 1].
             sampling_rate (`int`, *optional*):
                 The rate of raw arrays; defaults to `processor.sampling_rate` (16000). Every clip is resampled to
                 each encoder's rate.
@@ -532,18 +580,21 @@ class PalProcessor(ProcessorMixin):
             each window in its prompt, -1 for padding windows). Without any clip only the text entries are returned.
 
         Raises:
-            `ValueError` naming the problem: empty, NaN/inf, non-numeric or wrongly shaped audio, a number of clips
-            that differs from the number of audio tokens (both counts are given), a clip longer than
-            `max_audio_seconds`, or a truncation that would cut audio tokens.
+            `ValueError` naming the problem: no prompt, `None`, empty, NaN/inf, non-numeric or wrongly shaped audio,
+            a sampling rate that is not a positive integer, a number of clips that differs from the number of audio
+            tokens (both counts are given), a clip longer than `max_audio_seconds` or with no sample left at an
+            encoder's rate, or a truncation that would cut audio tokens.
         """
-        if text is None:
-            raise ValueError(f"PalProcessor needs text, with one {self.audio_token} per audio clip")
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = [text] if isinstance(text, str) else list(text or [])
+        if not texts:
+            raise ValueError(f"PalProcessor needs text (one prompt or more), with one {self.audio_token} per clip")
         merged = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         text_kwargs = merged["text_kwargs"]
         return_mm_token_type_ids = text_kwargs.pop("return_mm_token_type_ids", merged["return_mm_token_type_ids"])
         return_offsets = text_kwargs.pop("return_text_replacement_offsets", merged["return_text_replacement_offsets"])
-        sampling_rate = sampling_rate or merged["audio_kwargs"].get("sampling_rate") or self.sampling_rate
+        if sampling_rate is None:
+            sampling_rate = merged["audio_kwargs"].get("sampling_rate")
+        sampling_rate = self.sampling_rate if sampling_rate is None else sampling_rate
 
         clips = self._load_clips(texts, audio, sampling_rate)
         audio_inputs, replacements = self._process_audio(clips)
@@ -564,7 +615,7 @@ class PalProcessor(ProcessorMixin):
         """Assigns the clips to the prompts by their audio tokens and decodes them: per prompt, `(samples, rate)`."""
         counts = [sample.count(self.audio_token) for sample in texts]
         audio = [] if audio is None else audio if _is_clip_list(audio) else [audio]
-        per_sample = audio if audio and len(audio) == len(texts) and all(map(_is_clip_list, audio)) else None
+        per_sample = audio if audio and len(audio) == len(texts) and all(map(_is_prompt_clips, audio)) else None
         if per_sample is None:
             if sum(counts) != len(audio):
                 raise ValueError(
@@ -574,6 +625,8 @@ class PalProcessor(ProcessorMixin):
             starts = np.cumsum([0, *counts])
             per_sample = [audio[start:end] for start, end in zip(starts[:-1], starts[1:])]
         for index, (count, sample_clips) in enumerate(zip(counts, per_sample)):
+            if sample_clips is None:
+                raise ValueError(f"The audio of prompt {index} is None; give `[]` for a prompt without audio")
             if count != len(sample_clips):
                 raise ValueError(
                     f"Prompt {index} has {count} {self.audio_token} tokens but {len(sample_clips)} audio clips; "
@@ -642,6 +695,11 @@ class PalProcessor(ProcessorMixin):
         windows, owners = [], []  # owners[i] = (prompt, clip within the prompt, clip in text order) of window i
         for order, (index, position, (samples, rate)) in enumerate(flat):
             samples = resample(samples, rate, extractor.sampling_rate)
+            if not len(samples):
+                raise ValueError(
+                    f"Audio of prompt {index}, clip {position} is too short: resampled from {rate} Hz to the "
+                    f"{extractor.sampling_rate} Hz of encoder slot {slot}, it has no sample left"
+                )
             pieces = split_windows(samples, size)
             windows.extend(pieces)
             owners.extend([(index, position, order)] * len(pieces))
@@ -678,6 +736,31 @@ class PalProcessor(ProcessorMixin):
                 "sampling_rate", audio_kwargs.get("sampling_rate", self.sampling_rate)
             )
         }
+
+    def collate(self, features: list[Mapping], padding_side: str | None = None) -> BatchFeature:
+        """
+        Merges separate processor outputs (e.g. one prompt each, as a pipeline makes them) into the batch one call
+        on all their prompts gives: the text padded on `padding_side`, each slot's windows padded to the most windows
+        with zero features, zero masks and clip index -1. A prompt without audio gets only padding windows.
+
+        Args:
+            features: processor outputs as tensors or arrays, each `(batch_i, ...)`.
+            padding_side (*optional*): `"left"` or `"right"`; defaults to the tokenizer's (left).
+
+        Returns:
+            [`BatchFeature`] of torch tensors, each `(sum(batch_i), ...)`.
+        """
+        features = [{name: torch.as_tensor(value) for name, value in item.items()} for item in features]
+        batch_sizes = [len(item["input_ids"]) for item in features]
+        text_side = padding_side or self.tokenizer.padding_side
+        batch = {}
+        for name in dict.fromkeys(name for item in features for name in item):
+            if name.startswith(AUDIO_INPUT_PREFIXES):
+                value, side = (-1 if name.startswith("audio_window_clip_") else 0), "right"
+            else:
+                value, side = (self.tokenizer.pad_token_id if name == "input_ids" else 0), text_side
+            batch[name] = _pad_concat([item.get(name) for item in features], batch_sizes, value, side)
+        return BatchFeature(batch)
 
     def apply_transcription_request(self, audio, language: str | None = None, **kwargs) -> BatchFeature:
         """
@@ -737,6 +820,28 @@ PROCESSOR_SETTINGS = ("max_audio_seconds", "sampling_rate", "transcription_promp
 FEATURE_EXTRACTOR_SLOTS = ("feature_extractor", "feature_extractor_1", "feature_extractor_2", "feature_extractor_3")
 PLITS_INTEGRATIONS = ("plits", "hybrid")
 LAL_INTEGRATIONS = ("lal", "hybrid")
+
+
+def _pad_concat(tensors: list[torch.Tensor | None], batch_sizes: list[int], value: int, side: str) -> torch.Tensor:
+    """
+    Concatenates `(batch_i, length_i, ...)` tensors along the batch into `(sum(batch_i), max(length_i), ...)`, the
+    lengths padded with `value` on `side`; a `None` (an input that call did not return) becomes all padding.
+    """
+    present = [tensor for tensor in tensors if tensor is not None]
+    length = max(tensor.shape[1] for tensor in present)
+    out = present[0].new_full((sum(batch_sizes), length, *present[0].shape[2:]), value)
+    start = 0
+    for tensor, size in zip(tensors, batch_sizes):
+        if tensor is not None:
+            span = slice(length - tensor.shape[1], None) if side == "left" else slice(0, tensor.shape[1])
+            out[start : start + size, span] = tensor
+        start += size
+    return out
+
+
+def _is_prompt_clips(value: object) -> bool:
+    """One prompt's entry in per-prompt `audio`: a list of clips, or `None` (refused later, naming the prompt)."""
+    return value is None or _is_clip_list(value)
 
 
 def _batch_windows(slot: int, batch: int, owners: list, features: np.ndarray, mask: np.ndarray) -> dict:

@@ -98,6 +98,44 @@ def test_pipeline_batches_and_saves(checkpoint, cases, expected, tmp_path):
     assert torch.equal(generated_ids(reloaded, cases["text+44.1kHz path"]), expected["text+44.1kHz path"][0])
 
 
+def test_batch_size_two_equals_one_by_one(checkpoint, cases):
+    """Batches mix audio and text-only prompts, and clips of different lengths; left padding aside, each output is
+    the one generated alone."""
+    pipe = pipeline("audio-text-to-text", model=checkpoint)
+    audio_token, pad_id = pipe.processor.audio_token, pipe.processor.tokenizer.pad_token_id
+    long_clip = np.random.default_rng(1).standard_normal(16000 * 5).astype(np.float32) * 0.1  # 3 Whisper windows
+    chats = [
+        cases["chat array"]["text"],
+        [{"role": "user", "content": "no audio here, what is two plus two?"}],
+        cases["chat 44.1kHz path"]["text"],
+        [{"role": "user", "content": [{"type": "audio", "audio": long_clip}, {"type": "text", "text": "and this?"}]}],
+    ]
+    prompts = [
+        cases["text+44.1kHz path"],
+        {"text": "a prompt without audio"},
+        {"text": f"{audio_token} and {audio_token}?", "audio": [long_clip, cases["text+array"]["audio"]]},
+    ]
+    for inputs in (chats, prompts):
+        alone = [out[0]["generated_token_ids"] for out in pipe(inputs, max_new_tokens=NEW_TOKENS, return_tensors=True)]
+        batched = pipe(inputs, max_new_tokens=NEW_TOKENS, return_tensors=True, batch_size=2)
+        for single, out in zip(alone, batched, strict=True):
+            ids = out[0]["generated_token_ids"]
+            padding = len(ids) - len(single)
+            assert torch.equal(ids[padding:], single) and (ids[:padding] == pad_id).all()
+        texts = [
+            [
+                out[0]["generated_text"]
+                for out in pipe(inputs, max_new_tokens=NEW_TOKENS, return_full_text=False, batch_size=size)
+            ]
+            for size in (1, 2)
+        ]
+        assert texts[0] == texts[1]
+    # a generator (no length) is batched too; Transformers fails on generators of chats, even with batch_size=1
+    streamed = pipe((prompt for prompt in prompts), max_new_tokens=NEW_TOKENS, return_tensors=True, batch_size=2)
+    for out, streamed_out in zip(batched, streamed, strict=True):
+        assert torch.equal(streamed_out[0]["generated_token_ids"], out[0]["generated_token_ids"])
+
+
 REMOTE_PIPELINE = textwrap.dedent(
     """
     import importlib.abc, json, sys

@@ -3,6 +3,7 @@
 import copy
 import functools
 import http.server
+import io
 import math
 import re
 import threading
@@ -125,6 +126,39 @@ def test_bad_audio_raises_naming_the_problem(name, pal):
     assert "prompt 0, clip 0" in str(error.value)
 
 
+BAD_CALLS = {  # processor(text=..., audio=...) overrides of a one-clip call; "{a}" is the audio token
+    "no prompt": ({"text": []}, "needs text"),
+    "rate 0": ({"sampling_rate": 0}, r"sampling_rate must be a positive integer \(Hz\), got 0"),
+    "negative rate": ({"sampling_rate": -RATE}, "positive integer .Hz., got -16000"),
+    "fractional rate": ({"sampling_rate": 22050.9}, "positive integer .Hz., got 22050.9"),
+    "rate as text": ({"sampling_rate": "16000"}, "positive integer .Hz., got '16000'"),
+    "dict rate 0": ({"audio": {"array": noise(0.5, 0), "sampling_rate": 0}}, "positive integer .Hz., got 0"),
+    "None as a clip": ({"text": ["{a}{a}"], "audio": [noise(0.5, 0), None]}, "prompt 0, clip 1: audio is None"),
+    "None for a prompt": (
+        {"text": ["{a}{a}", "no audio", "{a}"], "audio": [[noise(0.5, 0)] * 2, None, [noise(0.5, 0)]]},
+        "audio of prompt 1 is None; give `\\[\\]`",
+    ),
+    "resampled to nothing": (
+        {"audio": {"array": np.full(1, 0.1, np.float32), "sampling_rate": 44100}},
+        "prompt 0, clip 0 is too short: resampled from 44100 Hz to the 16000 Hz of encoder slot 0",
+    ),
+    "resampled to nothing, in a batch": (
+        {"text": ["{a}", "{a}"], "audio": [noise(0.5, 0), {"array": np.full(1, 0.1), "sampling_rate": 48000}]},
+        "prompt 1, clip 0 is too short",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BAD_CALLS)
+def test_bad_call_raises_naming_the_problem(name, pal):
+    _, processor = pal()
+    overrides, message = BAD_CALLS[name]
+    call = {"text": ["{a} what?"], "audio": [noise(0.5, 0)], **overrides}
+    texts = [text.format(a=processor.audio_token) for text in call.pop("text")]
+    with pytest.raises(ValueError, match=message):
+        processor(text=texts, **call)
+
+
 def test_missing_file_raises(pal, tmp_path):
     _, processor = pal()
     with pytest.raises(FileNotFoundError, match="nope.wav"):
@@ -175,6 +209,46 @@ def test_multichannel_is_downmixed(pal):
     for stereo in (np.stack([mono, mono]), np.stack([mono, mono], axis=1)):
         features = processor(text=ask(processor, 1), audio=stereo)["audio_features_0"]
         torch.testing.assert_close(features, expected, rtol=0, atol=1e-6)
+
+
+def test_nested_list_is_one_multichannel_clip(pal):
+    _, processor = pal()
+    stereo = np.stack([noise(1.0, 6), noise(1.0, 7)])
+    expected = processor(text=ask(processor, 1), audio=stereo)["audio_features_0"]
+    for audio in (stereo.tolist(), [stereo.tolist()], [stereo.T.tolist()]):
+        assert torch.equal(processor(text=ask(processor, 1), audio=audio)["audio_features_0"], expected)
+    two = processor(text=[ask(processor, 1)] * 2, audio=[stereo.tolist(), stereo.T.tolist()])
+    assert two["audio_window_clip_0"].tolist() == [[0], [0]]
+
+
+def test_integer_pcm_is_scaled_like_the_file(pal, tmp_path):
+    """int16 as `scipy.io.wavfile.read` returns it equals the file; every integer dtype is scaled by its range."""
+    _, processor = pal()
+    soundfile.write(tmp_path / "pcm.wav", tones(1.0, RATE), RATE, subtype="PCM_16")
+    pcm16, _ = soundfile.read(tmp_path / "pcm.wav", dtype="int16")
+    pcm8 = (pcm16 // 256).astype(np.int8)
+
+    def features(clip) -> torch.Tensor:
+        return processor(text=ask(processor, 1), audio=[clip])["audio_features_0"]
+
+    from_file = features(str(tmp_path / "pcm.wav"))
+    for clip in (pcm16, torch.from_numpy(pcm16), pcm16.astype(np.int32) * 65536):
+        assert torch.equal(features(clip), from_file)
+    from_float = features(pcm8 / np.float32(128))
+    for clip in (pcm8, (pcm8.astype(np.int16) + 128).astype(np.uint8)):
+        assert torch.equal(features(clip), from_float)
+
+
+def test_encoded_audio_forms_agree(pal, tmp_path):
+    """Bytes, bytearray, memoryview and binary file objects are decoded like the path."""
+    _, processor = pal()
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, noise(1.0, 5), 44100)
+    data = path.read_bytes()
+    expected = processor(text=ask(processor, 1), audio=str(path))["audio_features_0"]
+    with path.open("rb") as file:
+        for clip in (data, bytearray(data), memoryview(data), {"bytes": bytearray(data)}, io.BytesIO(data), file):
+            assert torch.equal(processor(text=ask(processor, 1), audio=[clip])["audio_features_0"], expected)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -474,6 +548,21 @@ def test_batch_equals_single_samples(family, integration, pal):
     for row, (text, clips) in enumerate(samples):
         single = last_logits(model, processor(text=text, audio=clips or None))
         torch.testing.assert_close(batched[row], single[0], rtol=0, atol=1e-5)
+
+
+def test_collate_equals_one_call(pal):
+    """Separate calls merged by `collate` (as the pipeline batches) equal one call, left or right padded."""
+    _, processor = pal("qwen2", "hybrid")
+    samples = [
+        ("no audio in this one, just a question?", None),
+        (ask(processor, 1), [noise(4.5, 20)]),
+        (f"a {processor.audio_token} b {processor.audio_token} c", [noise(0.7, 21), noise(2.2, 22)]),
+    ]
+    for side in ("left", "right"):
+        batch = processor(text=[t for t, _ in samples], audio=[c or [] for _, c in samples], padding_side=side)
+        merged = processor.collate([processor(text=t, audio=c) for t, c in samples], padding_side=side)
+        assert merged.keys() == batch.keys()
+        assert all(torch.equal(merged[name], batch[name]) for name in batch), side
 
 
 def test_flat_and_nested_audio_agree(pal):
