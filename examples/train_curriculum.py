@@ -23,7 +23,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recipe", required=True, help="a YAML recipe, e.g. examples/recipes/smoke.yaml")
     parser.add_argument("--output_dir", required=True, help="stage outputs, checkpoints, logs and loss.png")
     parser.add_argument("--max_steps_per_stage", type=int, default=None, help="overrides every stage's max_steps")
-    parser.add_argument("--resume", action="store_true", help="continue from the last finished stage / checkpoint")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last finished stage / checkpoint (without it, an earlier run's outputs are removed)",
+    )
     parser.add_argument("--trainer", choices=("hf", "trl"), default="hf", help="Trainer or TRL's SFTTrainer")
     parser.add_argument("--lora", action="store_true", help="train the LLM through LoRA adapters")
     parser.add_argument("--components", default=None, help="overrides the recipe's components directory")

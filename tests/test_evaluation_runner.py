@@ -5,11 +5,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 
+from modeling_pal import PalForConditionalGeneration, PalProcessor
+from modeling_pal.data.converters import convert_clotho
 from modeling_pal.data.synth import build_pal_synth
-from modeling_pal.evaluation import MMAU_FIELDS, validate_mmau_records
-from modeling_pal.evaluation.runner import CHOICE_TASKS, markdown_table, prompt_messages, score_predictions
+from modeling_pal.evaluation import MMAU_FIELDS, load_metric, validate_mmau_records
+from modeling_pal.evaluation.runner import (
+    CHOICE_TASKS,
+    generate_answers,
+    markdown_table,
+    prompt_messages,
+    score_predictions,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,6 +58,38 @@ def test_scores_reference_answers_perfectly(dataset_dir):
         if task == "transcription":
             assert metrics["wer"] == 0.0
     assert "| task | n | metric | value | chance |" in markdown_table(results)
+
+
+CLOTHO_CAPTIONS = {
+    "dog.wav": ["a dog barks loudly", "a dog is barking", "barking of a dog"],
+    "rain.wav": ["rain falls on a roof", "heavy rain on a roof", "rain is falling"],
+}
+
+
+def test_caption_rows_of_one_clip_share_a_generation_and_all_references(checkpoint, tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["file_name,caption_1,caption_2,caption_3"]
+    for name, captions in CLOTHO_CAPTIONS.items():
+        soundfile.write(tmp_path / name, rng.standard_normal(16000).astype(np.float32) * 0.1, 16000)
+        rows.append(",".join([name, *captions]))
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    dataset = convert_clotho(tmp_path / "captions.csv", tmp_path)  # one row per caption
+    model, processor = (
+        PalForConditionalGeneration.from_pretrained(checkpoint),
+        PalProcessor.from_pretrained(checkpoint),
+    )
+    generated = []
+    generate = model.generate
+    model.generate = lambda **inputs: generated.append(len(inputs["input_ids"])) or generate(**inputs)
+    answers = generate_answers(model, processor, dataset, max_new_tokens=2)
+    assert sum(generated) == 2 and answers[:3] == [answers[0]] * 3 and answers[3:] == [answers[3]] * 3
+
+    predictions = ["a dog is barking"] * 3 + ["rain is falling"] * 3
+    results = score_predictions(dataset, predictions)["captioning"]
+    expected = load_metric("caption_metrics").compute(
+        predictions=["a dog is barking", "rain is falling"], references=list(CLOTHO_CAPTIONS.values())
+    )
+    assert results == {"count": 2, **expected}
 
 
 def evaluate_command(checkpoint: Path, dataset_dir: Path, *args: str) -> list[str]:

@@ -14,6 +14,7 @@ import soundfile
 import torch
 from datasets import load_from_disk
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import LlamaForCausalLM, TrainerCallback, TrainingArguments
 
 from modeling_pal import PalForConditionalGeneration
@@ -209,6 +210,42 @@ def test_long_rows_lose_their_answer_tail_or_are_skipped(pal_model, tiny_llm_dir
         collator([row])
 
 
+def test_trainer_drops_rows_too_long_for_any_batch(tiny_llm_dir, tiny_whisper_dir, synth, tmp_path):
+    model, processor = fresh_model(tiny_llm_dir("llama"), tiny_whisper_dir)
+    set_trainable(model, ["connectors"])
+    rows = synth.select(range(8))
+    full = PalDataCollator(processor)
+    prompts = [int((full([row])["labels"][0] != -100).nonzero()[0]) for row in rows]
+    max_length = sorted(prompts)[4]  # a row is skipped when its prompt and audio reach max_length
+    long_ids = {row["id"] for row, prompt in zip(rows, prompts) if prompt >= max_length}
+    collator = PalDataCollator(processor, max_length=max_length)
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=2,
+        save_strategy="no",
+        remove_unused_columns=False,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = PalTrainer(
+        model=model,
+        args=arguments,
+        train_dataset=rows,
+        data_collator=collator,
+        processing_class=processor,
+        sample_log=tmp_path / "ids.jsonl",
+    )
+    trainer.train()
+    assert 0 < len(long_ids) < len(rows) and collator.num_skipped == len(long_ids)
+    records = [json.loads(line) for line in (tmp_path / "ids.jsonl").read_text().splitlines()]
+    assert trainer.state.global_step == 2 and [record["step"] for record in records] == [1, 1, 2, 2]
+    trained = [row for record in records for row in record["ids"]]
+    assert sorted(trained) == sorted(set(rows["id"]) - long_ids)  # one epoch of the rows that fit
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # set_trainable: what a stage changes
 # ----------------------------------------------------------------------------------------------------------------------
@@ -328,6 +365,30 @@ def test_sft_trainer_lora_trains_adapters_and_connectors(tiny_llm_dir, tiny_whis
         assert torch.equal(reloaded(**batch).logits, model(**batch).logits)
 
 
+def test_lora_stages_train_their_own_groups(tiny_llm_dir, tiny_whisper_dir, synth, tmp_path):
+    stages = [
+        {"name": "attention", "train": ["llm_attention"], "args": {"max_steps": 1}},
+        {"name": "all", "train": ["connectors", "llm"], "args": {"max_steps": 1}},
+    ]
+    recipe = tiny_recipe(tiny_llm_dir("llama"), tiny_whisper_dir, stages)
+    recipe["lora"] = {"r": 4, "lora_alpha": 8}
+    result = run_curriculum(recipe, tmp_path, lora=True, data=synth.select(range(4)))
+    first, second = result.stages[0].trainable, result.stages[1].trainable
+    assert first["connectors"] == 0 < second["connectors"] and 0 < first["lora"] < second["lora"]
+    adapters = [load_file(Path(stage.output_dir) / "adapter_model.safetensors") for stage in result.stages]
+    ffn = [name for name in adapters[0] if ".mlp." in name and "lora_B" in name]
+    attention = [name for name in adapters[0] if ".self_attn." in name and "lora_B" in name]
+    assert ffn and attention
+    assert all(adapters[0][name].abs().sum() > 0 for name in attention)
+    assert all(adapters[0][name].abs().sum() == 0 for name in ffn)  # LoRA B starts at zero: untrained in stage 1
+    assert all(adapters[1][name].abs().sum() > 0 for name in ffn)
+    connectors = [name for name in adapters[0] if "_projectors." in name]
+    base = PalForConditionalGeneration.from_pretrained(tmp_path / "base").state_dict()
+    for name in connectors:
+        original = base[re.sub(r"^base_model\.model\.", "", name)]
+        assert torch.equal(adapters[0][name], original) and not torch.equal(adapters[1][name], original), name
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # accelerate (DDP over gloo) and resuming
 # ----------------------------------------------------------------------------------------------------------------------
@@ -391,6 +452,41 @@ def test_killed_run_resumes_to_the_same_weights(tiny_llm_dir, tiny_whisper_dir, 
     for stage in (1, 2, 3):  # each stage sees less than one epoch: no row twice
         rows = [row for record in resumed_log if record["stage"] == stage for row in record["ids"]]
         assert len(rows) == len(set(rows))
+
+
+class CrashAtStep(TrainerCallback):
+    """Raises at the end of optimizer step `step`, before that step's checkpoint is saved."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_fresh_run_clears_the_last_run_and_resume_checks_settings(tiny_llm_dir, tiny_whisper_dir, synth, tmp_path):
+    stages = [{"train": ["connectors"], "args": {"max_steps": 2}}]
+    recipe = tiny_recipe(tiny_llm_dir("llama"), tiny_whisper_dir, stages, save_strategy="steps", save_steps=1)
+    rows = synth.select(range(4))
+    run_curriculum(recipe, tmp_path, data=rows, max_steps_per_stage=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_curriculum(recipe, tmp_path, data=rows, callbacks=[CrashAtStep(2)])
+    assert not (tmp_path / "stage1").exists()
+    assert [path.name for path in (tmp_path / "checkpoints" / "stage1").iterdir()] == ["checkpoint-1"]
+    resumed = run_curriculum(recipe, tmp_path, data=rows, resume=True)
+    assert [entry["step"] for entry in resumed.stages[0].log_history if "loss" in entry] == [1, 2]
+    with pytest.raises(ValueError, match="other settings"):
+        run_curriculum(recipe, tmp_path, data=rows, max_steps_per_stage=3, resume=True)
+
+
+@pytest.mark.parametrize("mistake", [{"subset": 4}, {"args": {"max_step": 1}}, {"args": {"lr_scheduler_type": "x"}}])
+def test_recipe_mistakes_fail_before_any_stage_trains(mistake, tiny_llm_dir, tiny_whisper_dir, synth, tmp_path):
+    stages = [{"train": ["connectors"], "args": {"max_steps": 1}}, {"train": ["connectors", "llm"], **mistake}]
+    recipe = tiny_recipe(tiny_llm_dir("llama"), tiny_whisper_dir, stages)
+    with pytest.raises(ValueError, match="^Stage 2: "):
+        run_curriculum(recipe, tmp_path, data=synth.select(range(2)))
+    assert not (tmp_path / "stage1").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,12 @@
 """Batched greedy evaluation of a PAL model on rows of PAL's schema: per-task metrics, chance levels, MMAU export."""
 
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+
 import numpy as np
 import torch
+from datasets import Audio, Dataset
 from tqdm.auto import tqdm
 
 from .answers import normalize_text, parse_choice
@@ -37,12 +42,57 @@ def _as_array(value) -> np.ndarray:
     return resample(samples, rate, 16000)
 
 
-@torch.no_grad()
+def _clip_identity(audio) -> str | None:
+    """A clip's identity without decoding it: its file path, else a hash of its encoded bytes (`None` for arrays)."""
+    if isinstance(audio, (str, Path)):
+        return str(audio)
+    if isinstance(audio, Mapping) and audio.get("path"):
+        return str(audio["path"])
+    if isinstance(audio, Mapping) and audio.get("bytes"):
+        return hashlib.sha1(audio["bytes"]).hexdigest()
+    return None
+
+
+def _clip_identities(rows) -> list[str | None]:
+    """Every row's `_clip_identity`; a `datasets.Dataset`'s `Audio` column is read undecoded."""
+    if isinstance(rows, Dataset) and isinstance(rows.features.get("audio"), Audio):
+        return [_clip_identity(audio) for audio in rows.cast_column("audio", Audio(decode=False))["audio"]]
+    return [_clip_identity(row.get("audio")) for row in rows]
+
+
+def reference_groups(rows) -> list[list[int]]:
+    """
+    Row indices grouped for generation and scoring: captioning and open-QA rows that share their task, question and
+    clip (converted Clotho and AudioCaps hold one row per caption) form one group, answered once and scored against
+    every answer of the group; every other row is a group of its own. Groups come in the order of their first rows.
+    """
+    groups: dict[object, list[int]] = {}
+    for index, (row, clip) in enumerate(zip(without_audio(rows), _clip_identities(rows))):
+        shared = row["task"] in CAPTION_TASKS and clip is not None
+        groups.setdefault((row["task"], row["question"], clip) if shared else index, []).append(index)
+    return list(groups.values())
+
+
 def generate_answers(model, processor, rows, batch_size: int = 16, max_new_tokens: int = 32) -> list[str]:
-    """Greedy answers for `rows` (a `datasets.Dataset` or list of dicts), batched, with a progress bar."""
+    """
+    Greedy answers for `rows` (a `datasets.Dataset` or list of dicts), one per row, batched, with a progress bar. The
+    rows of a `reference_groups` group (one clip's captions) share one generation.
+    """
+    groups = reference_groups(rows)
+    generated = _generate(model, processor, rows, [group[0] for group in groups], batch_size, max_new_tokens)
+    answers = [""] * len(rows)
+    for group, answer in zip(groups, generated):
+        for index in group:
+            answers[index] = answer
+    return answers
+
+
+@torch.no_grad()
+def _generate(model, processor, rows, indices: list[int], batch_size: int, max_new_tokens: int) -> list[str]:
+    """Greedy answers for `rows[i]` for each of `indices`, batched."""
     answers = []
-    for start in tqdm(range(0, len(rows), batch_size), desc="evaluating", unit="batch"):
-        batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+    for start in tqdm(range(0, len(indices), batch_size), desc="evaluating", unit="batch"):
+        batch = [rows[i] for i in indices[start : start + batch_size]]
         inputs = processor.apply_chat_template(
             [prompt_messages(row) for row in batch],
             tokenize=True,
@@ -60,27 +110,30 @@ def score_predictions(rows, predictions: list[str]) -> dict[str, dict]:
     """
     Per-task metrics: accuracy (answer parsed from the generated text among the row's choices, else compared as
     normalised text) and its chance level (`None` without choices) for closed tasks, WER/CER for transcription,
-    CIDEr-D / ROUGE-L / METEOR (SPICE / SPIDEr where available) for captions and open QA.
+    CIDEr-D / ROUGE-L / METEOR (SPICE / SPIDEr where available) for captions and open QA, each clip's prediction
+    (its group's first) scored against all the answers of its `reference_groups` group. `count` is the number of
+    rows scored, for captions and open QA the number of groups.
     """
     from . import load_metric
 
+    groups = reference_groups(rows)
     rows = list(without_audio(rows))
-    by_task: dict[str, list[int]] = {}
-    for index, row in enumerate(rows):
-        by_task.setdefault(row["task"], []).append(index)
+    by_task: dict[str, list[list[int]]] = {}
+    for group in groups:
+        by_task.setdefault(rows[group[0]]["task"], []).append(group)
     results = {}
-    for task, indices in sorted(by_task.items()):
-        task_rows = [rows[i] for i in indices]
-        task_predictions = [predictions[i] for i in indices]
+    for task, task_groups in sorted(by_task.items()):
+        task_rows = [rows[group[0]] for group in task_groups]
+        task_predictions = [predictions[group[0]] for group in task_groups]
         if task in ASR_TASKS:
             references = [row["transcript"] or row["answer"] for row in task_rows]
             metrics = load_metric("wer").compute(predictions=task_predictions, references=references)
         elif task in CAPTION_TASKS:
-            references = [[row["answer"]] for row in task_rows]
+            references = [[rows[i]["answer"] for i in group] for group in task_groups]
             metrics = load_metric("caption_metrics").compute(predictions=task_predictions, references=references)
         else:
             metrics = _choice_metrics(task_rows, task_predictions)
-        results[task] = {"count": len(indices), **metrics}
+        results[task] = {"count": len(task_groups), **metrics}
     return results
 
 

@@ -10,7 +10,7 @@ from .curriculum import (
     run_curriculum,
     sft_trainer_class,
 )
-from .trainable import TRAINABLE_GROUPS, added_token_ids, in_group, lora_config, set_trainable
+from .trainable import TRAINABLE_GROUPS, added_token_ids, in_group, lora_config, set_lora_trainable, set_trainable
 
 __all__ = [
     "TRAINABLE_GROUPS",
@@ -24,6 +24,7 @@ __all__ = [
     "lora_config",
     "plot_losses",
     "run_curriculum",
+    "set_lora_trainable",
     "set_trainable",
     "sft_trainer_class",
 ]

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from datasets import Dataset
 from transformers.utils import logging
 
 from ..processing_pal import PalProcessor
@@ -109,7 +110,8 @@ class PalDataCollator:
 
     Rows longer than `max_length` lose the tail of their last answer. A row whose prompt and audio alone reach
     `max_length` is skipped, logged and counted in `num_skipped` (per process: each dataloader worker counts its own);
-    audio placeholders are never split. A row's `id`, when present, is passed through as `row_ids` for logging;
+    audio placeholders are never split. `drop_long_rows` removes such rows from a dataset before batching (`PalTrainer`
+    does), so that no batch comes out empty; a batch of skipped rows only raises a `ValueError`. A row's `id`, when present, is passed through as `row_ids` for logging;
     trainers must pop it before the forward (`PalTrainer` does).
 
     Args:
@@ -185,19 +187,49 @@ class PalDataCollator:
             return None
         return self.max_length
 
-    def __call__(self, rows: list[Mapping]) -> dict:
-        prepared = [self.prepare(row) for row in rows]
-        texts = [row.text for row in prepared]
-        add_special_tokens = self._add_special_tokens(texts)
+    def _process(self, prepared: list[PreparedRow], add_special_tokens: bool) -> dict:
+        """The processor's right-padded model inputs for prepared rows (audio expanded)."""
         batch = self.processor(
-            text=texts,
+            text=[row.text for row in prepared],
             audio=[row.clips for row in prepared] if any(row.clips for row in prepared) else None,
             padding=True,
             padding_side="right",
             add_special_tokens=add_special_tokens,
             return_tensors="pt",
         )
-        batch = dict(batch)
+        return dict(batch)
+
+    def fits(self, row: Mapping) -> bool:
+        """Whether the collator keeps `row`: its prompt and audio stay under `max_length` (a cut answer tail is fine)."""
+        if self.max_length is None:
+            return True
+        prepared = self.prepare(row)
+        add_special_tokens = self._add_special_tokens([prepared.text])
+        ids = self._process([prepared], add_special_tokens)["input_ids"][0].tolist()
+        return self._keep_length(ids, self._row_labels(prepared, ids, add_special_tokens)) is not None
+
+    def drop_long_rows(self, dataset: Dataset) -> Dataset:
+        """
+        A `datasets.Dataset` without the rows the collator would skip (counted in `num_skipped` and logged), so that
+        every batch a trainer draws holds only rows that train. One pass of the collator's length computation over the
+        rows; other datasets (and `max_length=None`) are returned as they are.
+        """
+        if self.max_length is None or not isinstance(dataset, Dataset):
+            return dataset
+        kept, skipped = [], []
+        for index, row in enumerate(dataset):
+            if self.fits(row):
+                kept.append(index)
+            else:
+                skipped.append(row.get("id", f"#{index}"))
+        if skipped:
+            self._log_skipped(skipped)
+        return dataset.select(kept)
+
+    def __call__(self, rows: list[Mapping]) -> dict:
+        prepared = [self.prepare(row) for row in rows]
+        add_special_tokens = self._add_special_tokens([row.text for row in prepared])
+        batch = self._process(prepared, add_special_tokens)
         lengths = batch["attention_mask"].sum(-1).tolist()
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
         kept = []
@@ -213,6 +245,14 @@ class PalDataCollator:
             batch["input_ids"][index, keep:] = self.processor.tokenizer.pad_token_id
         return self._select(batch, labels, kept, prepared)
 
+    def _log_skipped(self, skipped: list) -> None:
+        """Counts and logs rows (by id) whose prompt and audio reach `max_length`."""
+        self.num_skipped += len(skipped)
+        logger.warning(
+            f"Skipped {len(skipped)} row(s) whose prompt and audio exceed max_length={self.max_length}: "
+            f"{skipped} ({self.num_skipped} so far)"
+        )
+
     def _select(self, batch: dict, labels: torch.Tensor, kept: list[int], prepared: list[PreparedRow]) -> dict:
         """Drops skipped rows (logging them) and the padding columns no kept row needs."""
         skipped = [
@@ -221,13 +261,12 @@ class PalDataCollator:
             if index not in kept
         ]
         if skipped:
-            self.num_skipped += len(skipped)
-            logger.warning(
-                f"Skipped {len(skipped)} row(s) whose prompt and audio exceed max_length={self.max_length}: "
-                f"{skipped} ({self.num_skipped} so far)"
-            )
+            self._log_skipped(skipped)
         if not kept:
-            raise ValueError(f"Every row of the batch exceeds max_length={self.max_length}")
+            raise ValueError(
+                f"Every row of the batch exceeds max_length={self.max_length}; drop such rows before batching "
+                "(`drop_long_rows`, which `PalTrainer` applies to its training rows)"
+            )
         width = int(batch["attention_mask"][kept].sum(-1).max())
         rows = torch.tensor(kept)
         out = {name: value[rows] for name, value in batch.items()}

@@ -8,6 +8,7 @@ model and processor. Runs resume at the same stage and data position; everything
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,12 +22,12 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
-from ..data.synth import build_pal_synth, stage_subset
+from ..data.synth import STAGE_TASK_TYPES, build_pal_synth, stage_subset
 from ..modeling_pal import PalForConditionalGeneration
 from ..processing_pal import PalProcessor
 from .collator import PalDataCollator
 from .tiny import build_tiny_components
-from .trainable import TRAINABLE_GROUPS, lora_config, row_masked_parameters, set_trainable
+from .trainable import TRAINABLE_GROUPS, lora_config, row_masked_parameters, set_lora_trainable, set_trainable
 
 logger = logging.get_logger(__name__)
 
@@ -54,14 +55,25 @@ def load_recipe(recipe: str | Path | Mapping) -> dict:
     if unknown or not recipe.get("stages"):
         raise ValueError(f"A recipe needs `stages` and takes only {sorted(RECIPE_SECTIONS)}; got {sorted(recipe)}")
     for number, stage in enumerate(recipe["stages"], 1):
-        bad_keys = set(stage) - STAGE_KEYS
-        bad_groups = set(stage.get("train", [])) - set(TRAINABLE_GROUPS)
-        if bad_keys or bad_groups or not stage.get("train"):
-            raise ValueError(
-                f"Stage {number}: `train` lists groups among {TRAINABLE_GROUPS} and the keys are among "
-                f"{sorted(STAGE_KEYS)}; unknown groups {sorted(bad_groups)}, unknown keys {sorted(bad_keys)}"
-            )
+        _check_stage(number, stage)
     return recipe
+
+
+def _check_stage(number: int, stage: Mapping) -> None:
+    """Raises a `ValueError` naming the stage when its keys, groups, `subset` or `args` are malformed."""
+    bad_keys = set(stage) - STAGE_KEYS
+    bad_groups = set(stage.get("train", [])) - set(TRAINABLE_GROUPS)
+    if bad_keys or bad_groups or not stage.get("train"):
+        raise ValueError(
+            f"Stage {number}: `train` lists groups among {TRAINABLE_GROUPS} and the keys are among "
+            f"{sorted(STAGE_KEYS)}; unknown groups {sorted(bad_groups)}, unknown keys {sorted(bad_keys)}"
+        )
+    if "subset" in stage and stage["subset"] not in STAGE_TASK_TYPES:
+        raise ValueError(
+            f"Stage {number}: `subset` must be one of {sorted(STAGE_TASK_TYPES)}, got {stage['subset']!r}"
+        )
+    if not isinstance(stage.get("args", {}), Mapping):
+        raise ValueError(f"Stage {number}: `args` must be a mapping of TrainingArguments, got {stage['args']!r}")
 
 
 @dataclass
@@ -87,12 +99,16 @@ class CurriculumResult:
 
 class SampleLogMixin:
     """
-    Trainer mixin: pops the collator's `row_ids` before the forward and appends them, per optimizer step, to a JSON
-    lines file (one per rank); keeps `set_trainable`'s row-masked embeddings out of weight decay.
+    Trainer mixin: trains only rows that fit the `PalDataCollator`'s `max_length` (`drop_long_rows`: no empty
+    batches, so every optimizer step and gradient accumulation window holds full batches); pops the collator's
+    `row_ids` before the forward and appends them, per optimizer step, to a JSON lines file (one per rank); keeps
+    `set_trainable`'s row-masked embeddings out of weight decay.
     """
 
     def __init__(self, *args, sample_log: str | Path | None = None, stage: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
+        if isinstance(self.data_collator, PalDataCollator):
+            self.train_dataset = self.data_collator.drop_long_rows(self.train_dataset)
         self.sample_log = None if sample_log is None else Path(sample_log)
         self.stage = stage
 
@@ -110,7 +126,8 @@ class SampleLogMixin:
 
 
 class PalTrainer(SampleLogMixin, Trainer):
-    """`Trainer` that logs sample ids and respects `set_trainable`'s row masks."""
+    """`Trainer` that drops over-long rows before batching, logs sample ids and respects `set_trainable`'s row
+    masks."""
 
 
 def sft_trainer_class() -> type:
@@ -178,40 +195,47 @@ def _encoded_audio(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def _resolve_components(recipe: dict, components, dataset: Dataset, output_dir: Path, state) -> str | None:
-    """The components directory; `tiny` builds tiny random components once, on the main process."""
+def _resolve_components(
+    recipe: dict, components, dataset: Dataset, output_dir: Path, state: PartialState, fresh: bool
+) -> str | None:
+    """The components directory; `tiny` builds tiny random components on the main process (again in a fresh run,
+    whose recipe or data may differ from the last one's)."""
     components = components if components is not None else recipe.get("components")
     if components != "tiny":
         return components
     target = output_dir / "components"
-    if state.is_main_process and not (target / "llm" / "config.json").is_file():
+    if state.is_main_process and (fresh or not (target / "llm" / "config.json").is_file()):
         build_tiny_components(dataset, target, seed=recipe.get("seed", 0))
     state.wait_for_everyone()
     return str(target)
 
 
-def _trainable_summary(model) -> dict[str, int]:
-    """Trainable parameter counts of a LoRA model: the adapters and what `modules_to_save` trains in full."""
-    counts = {"lora": 0, "connectors": 0}
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            counts["lora" if "lora_" in name else "connectors"] += parameter.numel()
-    return counts
+def _trains_llm(groups: Sequence[str]) -> bool:
+    """Whether a stage trains an `llm*` group (with LoRA: a LoRA stage)."""
+    return any(group.startswith("llm") for group in groups)
 
 
-def _prepare_stage(model, groups: list[str], lora: dict | None, lora_base: str | None):
-    """Sets the stage's trainable parameters; with `lora`, LLM groups train through adapters (added once)."""
+def _lora_groups(recipe: dict) -> list[str]:
+    """Every group of the recipe's LoRA stages: the one adapter, added at the first of them, covers them all."""
+    return sorted({group for stage in recipe["stages"] if _trains_llm(stage["train"]) for group in stage["train"]})
+
+
+def _prepare_stage(model, groups: list[str], run: _Run):
+    """
+    Sets the stage's trainable parameters. With LoRA, stages that train an LLM group train through one adapter
+    added at the first of them for every LoRA stage's groups; each stage trains only its own groups' part of it.
+    """
     from_peft = hasattr(model, "peft_config")
-    if lora is None or not any(group.startswith("llm") for group in groups):
+    if run.lora is None or not _trains_llm(groups):
         if from_peft:
             raise ValueError("A LoRA curriculum cannot go back to a full-parameter stage after its LoRA stages")
         return model, set_trainable(model, groups)
     if not from_peft:
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(model, groups, **lora))
-        model.peft_config["default"].base_model_name_or_path = lora_base
-    return model, _trainable_summary(model)
+        model = get_peft_model(model, lora_config(model, _lora_groups(run.recipe), **run.lora))
+        model.peft_config["default"].base_model_name_or_path = run.state["lora_base"]
+    return model, set_lora_trainable(model, groups)
 
 
 def _training_args(recipe: dict, stage: dict, output_dir: Path, max_steps: int | None, use_cpu: bool, trl: bool):
@@ -229,14 +253,54 @@ def _training_args(recipe: dict, stage: dict, output_dir: Path, max_steps: int |
     return SFTConfig(**values, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
 
 
-def _load_state(output_dir: Path, recipe: dict, resume: bool) -> dict:
-    """The curriculum's state file: the recipe and the finished stages. A fresh run starts a new one."""
+def _all_training_args(recipe: dict, output_dir: Path, max_steps: int | None, use_cpu: bool, trl: bool) -> list:
+    """Every stage's `TrainingArguments` (or `SFTConfig`), built before any training so that a bad key or value in a
+    later stage fails the run at its start."""
+    stage_args = []
+    for number, stage in enumerate(recipe["stages"], 1):
+        checkpoints = output_dir / "checkpoints" / f"stage{number}"
+        try:
+            stage_args.append(_training_args(recipe, stage, checkpoints, max_steps, use_cpu, trl))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Stage {number}: invalid training arguments (`training` and `args`): {error}") from error
+    return stage_args
+
+
+def _clear_previous_run(output_dir: Path, distributed: PartialState) -> None:
+    """Removes what an earlier run left in `output_dir` (state, stage outputs, checkpoints, logs), so that a fresh run
+    never mixes with it and a later resume never continues it."""
+    if distributed.is_main_process:
+        for path in [output_dir / STATE_FILE, output_dir / LOSS_PLOT, *output_dir.glob("sample_ids.rank*.jsonl")]:
+            path.unlink(missing_ok=True)
+        for path in [output_dir / "base", output_dir / "checkpoints", *output_dir.glob("stage[0-9]*")]:
+            if path.is_dir():
+                shutil.rmtree(path)
+    distributed.wait_for_everyone()
+
+
+def _data_setting(data: str | Path | Dataset | None) -> str | None:
+    """How the state file names a run's data override: its directory, or a `Dataset`'s fingerprint."""
+    if isinstance(data, Dataset):
+        return data._fingerprint
+    return None if data is None else str(data)
+
+
+def _load_state(output_dir: Path, recipe: dict, settings: dict, resume: bool) -> dict:
+    """
+    The curriculum's state file: the recipe, the run's settings (data, components, step override, trainer, LoRA)
+    and the finished stages. A fresh run starts a new one; a resume needs the same recipe and settings.
+    """
     path = output_dir / STATE_FILE
     if not resume or not path.is_file():
-        return {"recipe": recipe, "completed": [], "lora_base": None}
+        return {"recipe": recipe, "settings": settings, "completed": [], "lora_base": None}
     state = json.loads(path.read_text())
     if state["recipe"] != json.loads(json.dumps(recipe)):
         raise ValueError(f"{path} was written for another recipe; resume with the same recipe or a new output_dir")
+    if state.get("settings") != json.loads(json.dumps(settings)):
+        raise ValueError(
+            f"{path} was written with other settings ({state.get('settings')}, now {settings}); resume with the same "
+            "data, components, max_steps_per_stage, trainer and lora, or start a fresh run"
+        )
     return state
 
 
@@ -295,7 +359,7 @@ class _Run:
     collator: PalDataCollator
     trl: bool
     lora: dict | None
-    max_steps: int | None
+    stage_args: list[TrainingArguments]
     resume: bool
     callbacks: Sequence[TrainerCallback]
 
@@ -314,7 +378,7 @@ class _Run:
         """The full model LoRA adapters apply to: the last stage's output, or the initial model saved to `base/`."""
         if self.lora is None or self.state["lora_base"] is not None:
             return self.state["lora_base"]
-        if not any(group.startswith("llm") for group in stage["train"]):
+        if not _trains_llm(stage["train"]):
             return None
         if self.state["completed"]:
             return self.state["completed"][-1]["output_dir"]
@@ -331,13 +395,12 @@ def _run_stage(run: _Run, number: int, stage: dict, model, dataset: Dataset) -> 
     start = time.perf_counter()
     name = stage.get("name", f"stage{number}")
     run.state["lora_base"] = run.lora_base(model, stage)
-    model, trainable = _prepare_stage(model, list(stage["train"]), run.lora, run.state["lora_base"])
+    model, trainable = _prepare_stage(model, list(stage["train"]), run)
     stage_data = stage_subset(dataset, stage["subset"]) if "subset" in stage else dataset
     if run.distributed.is_main_process:
         logger.info(f"Stage {number} ({name}): {len(stage_data)} rows; trainable parameters {trainable}")
-    checkpoints = run.output_dir / "checkpoints" / f"stage{number}"
-    use_cpu = run.distributed.device.type == "cpu"
-    args = _training_args(run.recipe, stage, checkpoints, run.max_steps, use_cpu, run.trl)
+    args = run.stage_args[number - 1]
+    checkpoints = Path(args.output_dir)
     checkpoint = get_last_checkpoint(str(checkpoints)) if run.resume and checkpoints.is_dir() else None
     _trim_sample_log(run.sample_log, number, int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0)
     budget = [TimeBudgetCallback(stage["max_seconds"])] if "max_seconds" in stage else []
@@ -394,9 +457,20 @@ def run_curriculum(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     distributed = PartialState(cpu=not torch.accelerator.is_available())
+    use_cpu = distributed.device.type == "cpu"
+    stage_args = _all_training_args(recipe, output_dir, max_steps_per_stage, use_cpu, trainer == "trl")
+    if not resume:
+        _clear_previous_run(output_dir, distributed)
     dataset = load_training_data(recipe, data)
-    components = _resolve_components(recipe, components, dataset, output_dir, distributed)
-    state = _load_state(output_dir, recipe, resume)
+    components = _resolve_components(recipe, components, dataset, output_dir, distributed, fresh=not resume)
+    settings = {
+        "data": _data_setting(data),
+        "components": components,
+        "max_steps_per_stage": max_steps_per_stage,
+        "trainer": trainer,
+        "lora": lora,
+    }
+    state = _load_state(output_dir, recipe, settings, resume)
     model, processor = _restore_model(state, recipe, components)
     run = _Run(
         recipe=recipe,
@@ -406,12 +480,10 @@ def run_curriculum(
         collator=PalDataCollator(processor, max_length=recipe.get("data", {}).get("max_length")),
         trl=trainer == "trl",
         lora=recipe.get("lora", {}) if lora else None,
-        max_steps=max_steps_per_stage,
+        stage_args=stage_args,
         resume=resume,
         callbacks=callbacks,
     )
-    if not resume:
-        run.sample_log.unlink(missing_ok=True)
     results = [StageResult(**entry) for entry in state["completed"]]
     for number, stage in enumerate(recipe["stages"], 1):
         if number > len(results):

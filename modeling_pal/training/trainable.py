@@ -19,6 +19,11 @@ ENCODER_PREFIX = "model.audio_towers."
 LAL_ONLY = re.compile(r"\.self_attn\.audio_\w+\.")
 ATTENTION = re.compile(r"\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj|q_norm|k_norm)|input_layernorm)\.")
 FFN = re.compile(r"\.layers\.\d+\.mlp\.")
+# PEFT's trainable parameters: LoRA matrices (`...q_proj.lora_A.default.weight`), `modules_to_save` copies and
+# `trainable_token_indices` deltas
+LORA_PARAMETER = re.compile(r"\.(\w+)\.lora_\w+\.")
+SAVED_COPY = ".modules_to_save."
+TOKEN_DELTA = ".trainable_tokens_delta."
 LORA_TARGETS = {
     "llm": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     "llm_attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -170,3 +175,34 @@ def lora_config(model: nn.Module, groups: Iterable[str], **lora_kwargs):
         trainable_token_indices={"embed_tokens": new_rows} if new_rows else None,
         **lora_kwargs,
     )
+
+
+def _lora_group(name: str) -> str | None:
+    """The group whose training a PEFT-trainable parameter stands for (its projection for LoRA), else `None`."""
+    lora = LORA_PARAMETER.search(name)
+    if lora is not None:
+        return lora.group(1)
+    if SAVED_COPY in name:
+        return "encoders" if ENCODER_PREFIX in name else "connectors"
+    return "connectors" if TOKEN_DELTA in name else None
+
+
+def set_lora_trainable(model: nn.Module, groups: Iterable[str]) -> dict[str, int]:
+    """
+    Trains, in a PEFT model built with `lora_config` for the union of several stages' groups, only what `groups`
+    asks for: the LoRA adapters of their LLM projections, and with `connectors` (`encoders`) the connector (encoder)
+    copies in `modules_to_save` and the added-token rows. Everything else is frozen; adapters not trained yet are
+    still zero (LoRA's `B` starts at zero), so they leave the model's outputs unchanged.
+
+    Returns:
+        `{"lora": ..., "connectors": ...}`: trainable LoRA parameters, and the trainable parameters that train in full.
+    """
+    groups = set(groups)
+    wanted = groups | {projection for group in groups for projection in LORA_TARGETS.get(group, ())}
+    counts = {"lora": 0, "connectors": 0}
+    for name, parameter in model.named_parameters():
+        group = _lora_group(name)
+        parameter.requires_grad_(group in wanted)
+        if group in wanted:
+            counts["lora" if LORA_PARAMETER.search(name) else "connectors"] += parameter.numel()
+    return counts
