@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from transformers import AutoModelForMultimodalLM, AutoProcessor, pipeline
+from encoder_fixtures import *  # noqa: F403
+from transformers import AutoModelForMultimodalLM, AutoProcessor, ClapFeatureExtractor, pipeline
 
-from modeling_pal import AudioTextToTextPipeline, PalProcessor
+from modeling_pal import AudioTextToTextPipeline, PalForConditionalGeneration, PalProcessor
 
 NEW_TOKENS = 6
 
@@ -134,6 +136,37 @@ def test_batch_size_two_equals_one_by_one(checkpoint, cases):
     streamed = pipe((prompt for prompt in prompts), max_new_tokens=NEW_TOKENS, return_tensors=True, batch_size=2)
     for out, streamed_out in zip(batched, streamed, strict=True):
         assert torch.equal(streamed_out[0]["generated_token_ids"], out[0]["generated_token_ids"])
+
+
+def test_any_to_any_audio_path_takes_the_first_extractors_rate(tiny_llm_dir, tiny_encoder_dir, tmp_path, monkeypatch):
+    """
+    docs/processing.md: "any-to-any" loads an `audio=` path at the first feature extractor's rate (CLAP's 48 kHz
+    here), which the processor then takes at `processor.sampling_rate` unless that rate is passed as
+    `processor_kwargs`; then every encoder gets the clip's length as from the processor itself.
+    """
+    shutil.copytree(tiny_encoder_dir("clap"), tmp_path / "clap48k")
+    ClapFeatureExtractor(
+        feature_size=16, sampling_rate=48000, hop_length=480, max_length_s=1, frequency_min=50, frequency_max=14000
+    ).save_pretrained(tmp_path / "clap48k")
+    encoders = {"clap": str(tmp_path / "clap48k"), "whisper": tiny_encoder_dir("whisper")}
+    torch.manual_seed(0)
+    model = PalForConditionalGeneration.from_components(tiny_llm_dir("llama"), encoders, lal_start_layer=2)
+    processor = PalProcessor.from_components(tiny_llm_dir("llama"), encoders, model.config)
+    model.save_pretrained(tmp_path / "pal")
+    processor.save_pretrained(tmp_path / "pal")
+    wav = str(tmp_path / "tone.wav")
+    soundfile.write(wav, 0.3 * np.sin(2 * np.pi * 440 * np.arange(22050) / 44100), 44100)  # 0.5 s
+    text = f"{processor.audio_token} what?"
+    expected = [processor(text=text, audio=wav)[f"audio_feature_mask_{k}"].sum(-1) for k in (0, 1)]
+
+    pipe = pipeline("any-to-any", model=str(tmp_path / "pal"))
+    seen = {}
+    generate = pipe.model.generate
+    monkeypatch.setattr(pipe.model, "generate", lambda **inputs: seen.update(inputs) or generate(**inputs))
+    for processor_kwargs, agrees in (({}, False), ({"sampling_rate": 48000}, True)):
+        pipe(text=text, audio=wav, max_new_tokens=1, processor_kwargs=processor_kwargs)
+        valid = [seen[f"audio_feature_mask_{k}"].sum(-1) for k in (0, 1)]
+        assert all(map(torch.equal, valid, expected)) == agrees, processor_kwargs
 
 
 REMOTE_PIPELINE = textwrap.dedent(
