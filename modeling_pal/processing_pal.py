@@ -133,7 +133,7 @@ def load_audio(value: object, sampling_rate: int | None = None) -> tuple[np.ndar
 
     Args:
         value: a path (`str`/`Path`), an http(s) URL, encoded bytes (`bytes`, `bytearray`, `memoryview`), a binary
-            file object, a 1-D/2-D array, tensor or (nested) list (integer PCM is scaled to [-1, 1]), a dict with
+            file object, a 1-D list, a 1-D/2-D array or tensor (integer PCM is scaled to [-1, 1]), a dict with
             `array` (+ `sampling_rate`), `path` or `bytes`, or a `datasets` `AudioDecoder`.
         sampling_rate: the rate of raw arrays/lists/tensors (paths are decoded at the file's own rate).
 
@@ -389,18 +389,9 @@ def wrap_chat_template(template: str | dict | None, audio_token: str) -> str | d
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _is_samples(value: object) -> bool:
-    """A list of numbers, or of lists of numbers (one multi-channel clip, as numpy reads it)."""
-    return isinstance(value, (list, tuple)) and all(
-        isinstance(item, numbers.Number)
-        or (isinstance(item, (list, tuple)) and all(isinstance(sample, numbers.Number) for sample in item))
-        for item in value
-    )
-
-
 def _is_clip_list(value: object) -> bool:
-    """A list of clips (as opposed to one clip given as a list of samples, or as a nested list of channels)."""
-    return isinstance(value, (list, tuple)) and not (value and _is_samples(value))
+    """A list of clips (as opposed to one clip given as a list of samples)."""
+    return isinstance(value, (list, tuple)) and not any(isinstance(item, numbers.Number) for item in value)
 
 
 class PalProcessor(ProcessorMixin):
@@ -564,7 +555,7 @@ class PalProcessor(ProcessorMixin):
             audio (*optional*):
                 The clips, in text order as one flat list, or one list per prompt (`[]` for text-only prompts). A clip
                 is a 1-D array/tensor/list (mono), a 2-D one (multi-channel: the axis of size ≤ 8 is channels, down-
-                mixed; also a nested list), a path or http(s) URL (decoded at the file's own rate), encoded bytes or a
+                mixed; an array or tensor: a list of lists is a list of clips), a path or http(s) URL (decoded at the file's own rate), encoded bytes or a
                 binary file object, or a `datasets`-style dict (`{"array", "sampling_rate"}`, `{"path"}`,
                 `{"bytes"}`). Integer arrays are PCM, scaled by their dtype's range to [-1, 1].
             sampling_rate (`int`, *optional*):
