@@ -210,7 +210,7 @@ def test_long_rows_lose_their_answer_tail_or_are_skipped(pal_model, tiny_llm_dir
         collator([row])
 
 
-def test_trainer_drops_rows_too_long_for_any_batch(tiny_llm_dir, tiny_whisper_dir, synth, tmp_path):
+def test_drop_long_rows_spares_the_trainer_empty_batches(tiny_llm_dir, tiny_whisper_dir, synth, tmp_path):
     model, processor = fresh_model(tiny_llm_dir("llama"), tiny_whisper_dir)
     set_trainable(model, ["connectors"])
     rows = synth.select(range(8))
@@ -233,7 +233,7 @@ def test_trainer_drops_rows_too_long_for_any_batch(tiny_llm_dir, tiny_whisper_di
     trainer = PalTrainer(
         model=model,
         args=arguments,
-        train_dataset=rows,
+        train_dataset=collator.drop_long_rows(rows),
         data_collator=collator,
         processing_class=processor,
         sample_log=tmp_path / "ids.jsonl",

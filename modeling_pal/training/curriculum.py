@@ -99,16 +99,12 @@ class CurriculumResult:
 
 class SampleLogMixin:
     """
-    Trainer mixin: trains only rows that fit the `PalDataCollator`'s `max_length` (`drop_long_rows`: no empty
-    batches, so every optimizer step and gradient accumulation window holds full batches); pops the collator's
-    `row_ids` before the forward and appends them, per optimizer step, to a JSON lines file (one per rank); keeps
-    `set_trainable`'s row-masked embeddings out of weight decay.
+    Trainer mixin: pops the collator's `row_ids` before the forward and appends them, per optimizer step, to a JSON
+    lines file (one per rank); keeps `set_trainable`'s row-masked embeddings out of weight decay.
     """
 
     def __init__(self, *args, sample_log: str | Path | None = None, stage: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
-        if isinstance(self.data_collator, PalDataCollator):
-            self.train_dataset = self.data_collator.drop_long_rows(self.train_dataset)
         self.sample_log = None if sample_log is None else Path(sample_log)
         self.stage = stage
 
@@ -126,8 +122,7 @@ class SampleLogMixin:
 
 
 class PalTrainer(SampleLogMixin, Trainer):
-    """`Trainer` that drops over-long rows before batching, logs sample ids and respects `set_trainable`'s row
-    masks."""
+    """`Trainer` that logs sample ids and respects `set_trainable`'s row masks."""
 
 
 def sft_trainer_class() -> type:
