@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
@@ -239,6 +239,17 @@ def supports_attention(model: PreTrainedModel | type[PreTrainedModel], attn_impl
     }.get(attn_implementation, False)
 
 
+def check_encoder_layer(settings: dict, config) -> None:
+    """`settings["layer"]` must name one of the encoder's hidden states (`num_hidden_layers + 1` of them, or -1)."""
+    layer = settings["layer"]
+    if layer != -1 and not -config.num_hidden_layers - 1 <= layer <= config.num_hidden_layers:
+        raise ValueError(
+            f"Audio encoder {settings['name']!r}: layer {layer} is out of range; its {config.model_type} encoder has "
+            f"{config.num_hidden_layers} layers, so hidden states {-config.num_hidden_layers - 1} … "
+            f"{config.num_hidden_layers} (-1 = the last)"
+        )
+
+
 def build_audio_tower(config) -> PreTrainedModel:
     """The encoder of `config`; a requested attention implementation it lacks falls back to eager (CLAP has no SDPA)."""
     model_class = audio_encoder_adapter(config).model_class(config)
@@ -313,8 +324,8 @@ class PalQFormerProjector(nn.Module):
 class PalMaskMemo:
     """
     The last extended mask (see `extend_attention_mask`), reused while the text mask (the same object), the text key
-    length, the query length and the dtype repeat: all LAL layers of a forward or decoding step share one mask. The
-    same for the split attention's audio bias (`split_bias`).
+    length, the query offset, the query length and the dtype repeat: all LAL layers of a forward or decoding step share
+    one mask. The same for the split attention's audio bias (`split_bias`).
     """
 
     def __init__(self):
@@ -322,13 +333,19 @@ class PalMaskMemo:
         self.bias_entry: tuple | None = None
 
     def extended(
-        self, text_mask: torch.Tensor | None, audio_visible: torch.Tensor, text_kv_length: int, dtype: torch.dtype
+        self,
+        text_mask: torch.Tensor | None,
+        audio_visible: torch.Tensor,
+        text_kv_length: int,
+        query_offset: int,
+        dtype: torch.dtype,
     ) -> torch.Tensor:
         """`extend_attention_mask(...)`: `(B, 1, Q, Na + K)`, built once per distinct input."""
-        key = (text_kv_length, audio_visible.shape[1], dtype)
+        key = (text_kv_length, query_offset, audio_visible.shape[1], dtype)
         if self.entry is None or self.entry[0] is not text_mask or self.entry[1] != key:
             # the entry keeps `text_mask` alive, so no later mask can take over its identity
-            self.entry = (text_mask, key, extend_attention_mask(text_mask, audio_visible, text_kv_length, dtype))
+            mask = extend_attention_mask(text_mask, audio_visible, text_kv_length, query_offset, dtype)
+            self.entry = (text_mask, key, mask)
         return self.entry[2]
 
     def split_bias(self, audio_visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
@@ -589,6 +606,7 @@ class PalLalAttentionMixin:
             return super().forward(hidden_states, position_embeddings, attention_mask, cache=cache, **kwargs)
 
         query, key, value = self.text_query_key_values(hidden_states, position_embeddings)
+        query_offset = query_offset_without_mask(cache, self.layer_idx, attention_mask)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
         text_kv_length = key.shape[2]
@@ -597,7 +615,7 @@ class PalLalAttentionMixin:
             bias = masks.split_bias(audio_visible, query.dtype)
             attn_output = split_audio_attention(query, key, value, text_kv_length, bias, self.scaling)
             return self.o_proj(attn_output.reshape(*hidden_states.shape[:-1], -1)), None
-        attention_mask = masks.extended(attention_mask, audio_visible, text_kv_length, query.dtype)
+        attention_mask = masks.extended(attention_mask, audio_visible, text_kv_length, query_offset, query.dtype)
         attention_interface = lal_attention_interface(self.config._attn_implementation, query, key)
         attn_output, attn_weights = attention_interface(
             self,
@@ -713,18 +731,34 @@ def sdpa_gqa_attention_forward(
     return attn_output.transpose(1, 2).contiguous(), None
 
 
+def query_offset_without_mask(cache: Cache | None, layer_idx: int, attention_mask: torch.Tensor | None) -> int:
+    """
+    The absolute position of the first query when Transformers passes no mask (SDPA's `is_causal` then stands for
+    it): the cache's length before this step's update, 0 without a cache. With a static cache the keys also hold the
+    empty slots after it, so the text key length alone cannot tell. 0 when a mask is given (it is not needed).
+    """
+    if cache is None or attention_mask is not None:
+        return 0
+    return int(cache.get_query_offset(layer_idx))  # a static layer's offset is a tensor that `update` increments
+
+
 def extend_attention_mask(
-    text_mask: torch.Tensor | None, audio_visible: torch.Tensor, text_kv_length: int, dtype: torch.dtype
+    text_mask: torch.Tensor | None,
+    audio_visible: torch.Tensor,
+    text_kv_length: int,
+    query_offset: int,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
     """
     Prepends audio columns to the text mask, always returning an explicit 4-D mask (an implicit causal mask would make
     SDPA drop keys). `text_mask`: `None`, bool `(B|1, 1, Q, K)` (True = attend) or additive float; `audio_visible`:
-    bool `(B, Q, Na)`. Returns the same kind as the text mask (bool when it was `None`), shape `(B, 1, Q, Na + K)`.
+    bool `(B, Q, Na)`. Without a text mask, query i sits at position `query_offset + i` and sees the text keys up to
+    it (none of a static cache's empty slots). Returns the same kind as the text mask (bool when it was `None`), shape
+    `(B, 1, Q, Na + K)`.
     """
     batch, query_length, _ = audio_visible.shape
     if text_mask is None:
-        offset = text_kv_length - query_length
-        rows = torch.arange(query_length, device=audio_visible.device)[:, None] + offset
+        rows = torch.arange(query_length, device=audio_visible.device)[:, None] + query_offset
         text_mask = (torch.arange(text_kv_length, device=audio_visible.device)[None, :] <= rows)[None, None]
     text_mask = text_mask.expand(batch, 1, query_length, text_mask.shape[-1])
     audio_visible = audio_visible[:, None]
@@ -855,6 +889,7 @@ class PalModel(PalPreTrainedModel):
         self.plits_projectors = nn.ModuleDict()
         self.lal_projectors = nn.ModuleDict()
         for settings, audio_config in zip(config.audio_encoders, config.audio_configs):
+            check_encoder_layer(settings, audio_config)
             width = audio_encoder_adapter(audio_config).width(audio_config)
             if settings["integration"] in ("plits", "hybrid"):
                 self.plits_projectors[settings["name"]] = self._plits_projector(settings, width)
@@ -1046,7 +1081,8 @@ class PalModel(PalPreTrainedModel):
         visible = self._audio_visibility(input_ids, inputs_embeds, valid, clip)
         rope = None
         if self.config.lal_audio_rope:
-            positions = torch.arange(valid.shape[1], device=valid.device)[None] - valid.shape[1]
+            # each sample's own audio sits at -Na_b … -1 (its valid columns, in order), whatever the batch's widest
+            positions = valid.long().cumsum(1) - 1 - valid.sum(1, keepdim=True)
             rope = self.language_model.rotary_emb(states[self.config.lal_layers[0]], positions)
         return PalLalInputs(states, norms, visible, valid, rope)
 
@@ -1093,11 +1129,18 @@ class PalModel(PalPreTrainedModel):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
+        decoding = cache is not None and cache.get_seq_length() > 0
+        if decoding and (audio_embeds is not None or any(value is not None for value in audio_inputs.values())):
+            raise ValueError(
+                f"Audio inputs were passed with a cache that already holds {cache.get_seq_length()} text positions, "
+                "but PAL takes audio at prefill only (its LAL keys/values and PLITS embeddings are in the cache): "
+                "to continue from a returned cache, pass the text without the audio inputs; for new audio, start "
+                "from an empty cache"
+            )
         audio = self._resolve_audio(audio_inputs, audio_embeds)
 
         placeholder_mask = self._token_mask(input_ids, inputs_embeds, self.config.audio_placeholder_token_id)
         plits_embeds = self._plits_embeddings(audio)
-        decoding = cache is not None and cache.get_seq_length() > 0
         if plits_embeds is not None or (placeholder_mask.any() and not decoding):
             inputs_embeds = self._scatter_plits(inputs_embeds, placeholder_mask, plits_embeds)
         lal_inputs = self._lal_inputs(audio, input_ids, inputs_embeds) if audio else None
@@ -1256,13 +1299,57 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
             audio_hidden_states=outputs.audio_hidden_states,
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ) -> dict:
         """Audio inputs reach `forward` only at prefill (every step when `use_cache=False`): the LAL K/V are cached."""
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
         if not is_first_iteration and kwargs.get("use_cache", True):
             for name in AUDIO_INPUT_NAMES:
                 model_inputs.pop(name, None)
         return model_inputs
+
+    def _expand_inputs_for_generation(
+        self,
+        expand_size: int = 1,
+        is_encoder_decoder: bool = False,
+        input_ids: torch.LongTensor | None = None,
+        **model_kwargs,
+    ) -> tuple[torch.LongTensor | None, dict]:
+        """Also repeats precomputed `audio_embeds` for beams and `num_return_sequences` (not plain tensors)."""
+        audio_embeds = model_kwargs.pop("audio_embeds", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if audio_embeds is not None:
+            model_kwargs["audio_embeds"] = repeat_audio_embeds(audio_embeds, expand_size)
+        return input_ids, model_kwargs
+
+    def _prefill(self, input_ids: torch.LongTensor, generation_config: GenerationConfig, model_kwargs: dict, **kwargs):
+        """Chunked prefill cannot split PAL's audio inputs, as Transformers refuses for its own raw multimodal inputs."""
+        audio_names = [name for name in AUDIO_INPUT_NAMES if model_kwargs.get(name) is not None]
+        chunk_size = generation_config.prefill_chunk_size
+        if audio_names and chunk_size is not None and input_ids.shape[1] > chunk_size:
+            raise ValueError(
+                f"Chunked prefill cannot split the audio inputs {audio_names} into chunks of {chunk_size} tokens "
+                f"(the prompt has {input_ids.shape[1]}): pass `prefill_chunk_size=None`"
+            )
+        return super()._prefill(input_ids, generation_config, model_kwargs, **kwargs)
 
     @classmethod
     def from_components(
@@ -1359,6 +1446,19 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
         return [f"model.plits_projectors.{name}" for name in self.model.plits_projectors] + [
             f"model.lal_projectors.{name}" for name in self.model.lal_projectors
         ]
+
+
+def repeat_audio_embeds(audio_embeds: dict | list, repeats: int) -> dict | list:
+    """Each `PalAudioFeatures` of `audio_embeds` (by name or by slot) with its batch rows repeated `repeats` times."""
+
+    def repeat(features: PalAudioFeatures | None) -> PalAudioFeatures | None:
+        if features is None or repeats == 1:
+            return features
+        return PalAudioFeatures(**{key: value.repeat_interleave(repeats, dim=0) for key, value in features.items()})
+
+    if isinstance(audio_embeds, dict):
+        return {name: repeat(features) for name, features in audio_embeds.items()}
+    return [repeat(features) for features in audio_embeds]
 
 
 def _loading_options(settings: dict) -> dict:

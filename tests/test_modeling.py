@@ -274,3 +274,11 @@ def test_split_audio_attention_in_bfloat16(pal_model, extractor, monkeypatch):
     for name, grad in split_grads.items():  # within bf16 rounding of each gradient's scale
         scale = joint_grads[name].float().abs().max().item()
         torch.testing.assert_close(grad.float(), joint_grads[name].float(), rtol=0.02, atol=0.02 * scale, msg=name)
+
+
+def test_encoder_layer_out_of_range_is_refused_at_build(pal_model):
+    config = copy.deepcopy(pal_model("llama", "lal").config)  # a 2-layer Whisper encoder: hidden states -3 … 2
+    for layer in (3, -4):
+        config.audio_encoders[0]["layer"] = layer
+        with pytest.raises(ValueError, match=f"'whisper': layer {layer} is out of range"):
+            modeling_pal.modeling_pal.PalModel(config)
