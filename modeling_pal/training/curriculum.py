@@ -273,11 +273,11 @@ def _clear_previous_run(output_dir: Path, distributed: PartialState) -> None:
     distributed.wait_for_everyone()
 
 
-def _data_setting(data: str | Path | Dataset | None) -> str | None:
-    """How the state file names a run's data override: its directory, or a `Dataset`'s fingerprint."""
-    if isinstance(data, Dataset):
-        return data._fingerprint
-    return None if data is None else str(data)
+def _setting(value: str | Path | Dataset | None) -> str | None:
+    """How the state file names a run's data or components override: its path, or a `Dataset`'s fingerprint."""
+    if isinstance(value, Dataset):
+        return value._fingerprint
+    return None if value is None else str(value)
 
 
 def _load_state(output_dir: Path, recipe: dict, settings: dict, resume: bool) -> dict:
@@ -459,8 +459,8 @@ def run_curriculum(
     dataset = load_training_data(recipe, data)
     components = _resolve_components(recipe, components, dataset, output_dir, distributed, fresh=not resume)
     settings = {
-        "data": _data_setting(data),
-        "components": components,
+        "data": _setting(data),
+        "components": _setting(components),
         "max_steps_per_stage": max_steps_per_stage,
         "trainer": trainer,
         "lora": lora,
