@@ -83,6 +83,13 @@ def tiny_recipe(llm_dir: str, whisper_dir: str, stages: list[dict], **training) 
 
 def train(model, processor, rows, steps: int, output_dir, callbacks=(), **args) -> list[float]:
     """`steps` optimizer steps of `PalTrainer`; returns the logged losses."""
+    trainer = make_trainer(model, processor, rows, steps, output_dir, callbacks=list(callbacks), **args)
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def make_trainer(model, processor, rows, steps: int, output_dir, collator=None, sample_log=None, callbacks=(), **args):
+    """A `PalTrainer` for `steps` optimizer steps on CPU (`args`: `TrainingArguments` over the defaults)."""
     defaults = dict(per_device_train_batch_size=2, learning_rate=1e-3, lr_scheduler_type="constant")
     arguments = TrainingArguments(
         output_dir=str(output_dir),
@@ -95,16 +102,15 @@ def train(model, processor, rows, steps: int, output_dir, callbacks=(), **args) 
         disable_tqdm=True,
         **{**defaults, **args},
     )
-    trainer = PalTrainer(
+    return PalTrainer(
         model=model,
         args=arguments,
         train_dataset=rows,
-        data_collator=PalDataCollator(processor),
+        data_collator=collator or PalDataCollator(processor),
         processing_class=processor,
         callbacks=list(callbacks),
+        sample_log=sample_log,
     )
-    trainer.train()
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:
@@ -219,24 +225,16 @@ def test_drop_long_rows_spares_the_trainer_empty_batches(tiny_llm_dir, tiny_whis
     max_length = sorted(prompts)[4]  # a row is skipped when its prompt and audio reach max_length
     long_ids = {row["id"] for row, prompt in zip(rows, prompts) if prompt >= max_length}
     collator = PalDataCollator(processor, max_length=max_length)
-    arguments = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=2,
+    trainer = make_trainer(
+        model,
+        processor,
+        collator.drop_long_rows(rows),
+        2,
+        tmp_path,
+        collator=collator,
+        sample_log=tmp_path / "ids.jsonl",
         per_device_train_batch_size=1,
         gradient_accumulation_steps=2,
-        save_strategy="no",
-        remove_unused_columns=False,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    trainer = PalTrainer(
-        model=model,
-        args=arguments,
-        train_dataset=collator.drop_long_rows(rows),
-        data_collator=collator,
-        processing_class=processor,
-        sample_log=tmp_path / "ids.jsonl",
     )
     trainer.train()
     assert 0 < len(long_ids) < len(rows) and collator.num_skipped == len(long_ids)
