@@ -6,6 +6,7 @@ layout (placeholders, markers, batch-major windows) is built here by hand. tests
 windowing's frame counts and padding.
 """
 
+import copy
 import json
 import subprocess
 import sys
@@ -128,6 +129,32 @@ def loss_and_gradients(model, inputs: dict) -> tuple:
     return output, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
+def sharpened(model):
+    """
+    A copy whose LLM and projector weights (not the encoders') are re-drawn with std 0.15, seeded. With the default
+    init (std 0.02) the tiny LLMs' logits are near flat and greedy decoding mostly repeats one token (the Llama one
+    echoes the prompt's last token whatever the audio), so equality between two generation paths would hold whatever
+    their attention, padding or cache does.
+    """
+    model = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() >= 2 and not name.startswith("model.audio_towers."):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15)
+    return model
+
+
+def assert_varied(tokens: torch.Tensor, new_tokens: int = 8, distinct: int = 3) -> None:
+    """
+    The last `new_tokens` of each row of `tokens` hold at least `distinct` different tokens, and no two rows are equal:
+    an equality between such outputs and another path's cannot hold by accident.
+    """
+    rows = [tuple(row.tolist()) for row in tokens[:, -new_tokens:]]
+    assert all(len(set(row)) >= distinct for row in rows), rows
+    assert len(set(rows)) == len(rows), rows
+
+
 def greedy(model, inputs, **kwargs) -> torch.Tensor:
     return model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False, **kwargs)
 
@@ -139,24 +166,33 @@ def config_dict(config) -> dict:
 
 
 def check_generation(model, extractors, samples: list[list]) -> None:
-    """Greedy with cache == without cache == `num_beams=1` == static cache; beams per sample equal the sample alone."""
+    """
+    Greedy with cache == without cache == `num_beams=1` == static cache; beams per sample equal the sample alone.
+    Pass a `sharpened` model: the outputs compared must be varied.
+    """
     batch = build_inputs(model, extractors, samples)
     cached = greedy(model, batch)
+    assert_varied(cached)
     assert torch.equal(cached, greedy(model, batch, use_cache=False))
     assert torch.equal(cached, greedy(model, batch, num_beams=1))
     assert torch.equal(cached, greedy(model, batch, cache_implementation="static"))
 
     beams = greedy(model, batch, num_beams=3, num_return_sequences=2)
     assert beams.shape[0] == 2 * len(samples)
+    assert_varied(beams, distinct=2)  # beam search favours repetitions
     for index, sample in enumerate(samples):
         alone = greedy(model, build_inputs(model, extractors, [sample]), num_beams=3, num_return_sequences=2)
         assert torch.equal(beams[2 * index : 2 * index + 2, -8:], alone[:, -8:])
 
 
 def check_batch_invariance(model, extractors, batch_samples: list[list], target: int) -> None:
-    """Sample `target` generates the same alone and in `batch_samples`; a training step there gives finite grads."""
+    """
+    Sample `target` generates the same alone and in `batch_samples` (varied outputs: pass a `sharpened` model); a
+    training step there gives finite grads.
+    """
     alone = greedy(model, build_inputs(model, extractors, [batch_samples[target]]))
     in_batch = greedy(model, build_inputs(model, extractors, batch_samples))
+    assert_varied(in_batch)
     assert torch.equal(alone[0, -8:], in_batch[target, -8:])
 
     model.train()

@@ -16,6 +16,7 @@ from helpers import (
     encoder_windows,
     last_logits,
     prompt,
+    sharpened,
 )
 from transformers import (
     AutoFeatureExtractor,
@@ -138,6 +139,7 @@ def test_clips_change_logits_and_weights_come_from_checkpoint(family, compose, e
 @pytest.mark.parametrize("name", MODES)
 def test_generation_cache_beams_and_static(name, mode):
     model, extractors = mode(name)
+    model = sharpened(model)
     samples = [
         [prompt(3), clip(1.0, 6), prompt(4, 40)],
         [prompt(6, 30), clip(2.5, 7), prompt(2, 50)],
@@ -148,6 +150,7 @@ def test_generation_cache_beams_and_static(name, mode):
 @pytest.mark.parametrize("name", MODES)
 def test_batch_invariance_and_no_nan(name, mode):
     model, extractors = mode(name)
+    model = sharpened(model)
     batch_samples = [
         [prompt(9, 30), clip(3.5, 8), prompt(4, 50)],
         [prompt(3), clip(1.0, 9), prompt(3, 40)],

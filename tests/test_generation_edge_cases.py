@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from helpers import build_inputs, clip, greedy, last_logits, prompt
+from helpers import assert_varied, build_inputs, clip, greedy, last_logits, prompt, sharpened
 from transformers import StaticCache, WhisperFeatureExtractor
 
 import modeling_pal.modeling_pal
@@ -19,17 +19,6 @@ SAMPLES = [[prompt(3), clip(1.0, 4), prompt(4, 40)], [prompt(5, 30), clip(2.0, 5
 @pytest.fixture(scope="module")
 def extractor(tiny_whisper_dir):
     return WhisperFeatureExtractor.from_pretrained(tiny_whisper_dir)
-
-
-def sharpened(model):
-    """A copy whose LLM and projector weights (not the encoder's) are re-drawn with std 0.15, seeded."""
-    model = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.dim() >= 2 and not name.startswith("model.audio_towers."):
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15)
-    return model
 
 
 def audio_inputs(inputs: dict) -> dict:
