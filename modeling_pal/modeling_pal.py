@@ -139,7 +139,9 @@ class ClapAdapter:
 
     @staticmethod
     def load(path: str, **kwargs) -> nn.Module:
-        return ClapModel.from_pretrained(path, **kwargs).audio_model
+        tower = ClapModel.from_pretrained(path, **kwargs).audio_model
+        tower.config._name_or_path = str(path)  # the nested audio config does not remember its checkpoint
+        return tower
 
     @staticmethod
     def width(config) -> int:
@@ -1550,7 +1552,10 @@ def _attention_per_submodel(
 def _place_model(model: nn.Module, device_map: str | dict | torch.device) -> nn.Module:
     if isinstance(device_map, (str, torch.device)) and device_map != "auto":
         return model.to(device_map)
-    from accelerate import dispatch_model, infer_auto_device_map
+    try:  # optional: Transformers' remote-code import check skips imports inside try blocks
+        from accelerate import dispatch_model, infer_auto_device_map
+    except ImportError as error:
+        raise ImportError(f"device_map={device_map!r} needs `accelerate`: pip install accelerate") from error
 
     if device_map == "auto":
         device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
