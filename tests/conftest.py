@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import sharpened  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
@@ -172,21 +173,22 @@ def pal_model(tiny_llm_dir, tiny_whisper_dir):
 
 @pytest.fixture(scope="session")
 def saved_pal_checkpoint(pal_model, tiny_llm_dir, tiny_whisper_dir, tmp_path_factory):
-    """Factory: `saved_pal_checkpoint(integration)` → a folder holding a Llama PAL (Whisper encoder) and its
-    processor, saved once per session (tests only read it)."""
+    """Factory: `saved_pal_checkpoint(integration, sharpen=False)` → a folder holding a Llama PAL (Whisper encoder),
+    `helpers.sharpened` if asked, and its processor, saved once per session (tests only read it)."""
     saved = {}
 
-    def save(integration: str = "lal") -> str:
-        if integration not in saved:
+    def save(integration: str = "lal", sharpen: bool = False) -> str:
+        if (integration, sharpen) not in saved:
             model = pal_model("llama", integration)
+            model = sharpened(model) if sharpen else model
             processor = modeling_pal.PalProcessor.from_components(
                 tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, config=model.config
             )
-            folder = tmp_path_factory.mktemp(f"pal-{integration}")
+            folder = tmp_path_factory.mktemp(f"pal-{integration}{'-sharpened' if sharpen else ''}")
             model.save_pretrained(folder)
             processor.save_pretrained(folder)
-            saved[integration] = str(folder)
-        return saved[integration]
+            saved[integration, sharpen] = str(folder)
+        return saved[integration, sharpen]
 
     return save
 

@@ -81,7 +81,9 @@ def test_lal_audio_rope_keeps_a_sample_independent_of_its_batch(pal_model, extra
     longer = [prompt(3, 30), clip(3.5, 9), prompt(3, 50)]  # same text length: no padding, only more audio columns
     alone, batch = build_inputs(model, extractor, [short]), build_inputs(model, extractor, [longer, short])
     torch.testing.assert_close(last_logits(model, batch)[1], last_logits(model, alone)[0], rtol=0, atol=1e-5)
-    assert torch.equal(greedy(model, batch)[1], greedy(model, alone)[0])
+    in_batch = greedy(model, batch)
+    assert_varied(in_batch)
+    assert torch.equal(in_batch[1], greedy(model, alone)[0])
 
 
 @pytest.mark.parametrize("integration", ["lal", "plits"])
@@ -93,6 +95,7 @@ def test_generate_with_audio_embeds_expands_them_for_beams_and_samples(integrati
         embeds = model.get_audio_features(*audio.values())
     beams = {"num_beams": 2, "num_return_sequences": 2}
     expected = greedy(model, {**inputs, **audio}, **beams)
+    assert_varied(expected, distinct=2)  # beam search favours repetitions
     assert torch.equal(greedy(model, {**inputs, "audio_embeds": [embeds]}, **beams), expected)
     sampling = {"do_sample": True, "num_return_sequences": 3, "max_new_tokens": 4}
     torch.manual_seed(0)
@@ -111,11 +114,12 @@ def test_generate_from_inputs_embeds_equals_input_ids(integration, pal_model, ex
         with torch.no_grad():
             embeds = model.get_input_embeddings()(input_ids)
         expected = greedy(model, {"input_ids": input_ids, **inputs})[:, input_ids.shape[1] :]
+        assert_varied(expected)
         assert torch.equal(greedy(model, {"inputs_embeds": embeds, **inputs}), expected)
 
 
 def test_chunked_prefill_and_audio_with_a_filled_cache_are_refused(pal_model, extractor):
-    model = pal_model("llama", "hybrid")  # PLITS placeholders and LAL markers
+    model = sharpened(pal_model("llama", "hybrid"))  # PLITS placeholders and LAL markers
     inputs = build_inputs(model, extractor, SAMPLES[:1])
     with pytest.raises(ValueError, match="Chunked prefill cannot split the audio inputs"):
         greedy(model, inputs, prefill_chunk_size=4)
@@ -126,4 +130,6 @@ def test_chunked_prefill_and_audio_with_a_filled_cache_are_refused(pal_model, ex
     with pytest.raises(ValueError, match="PAL takes audio at prefill only"):
         greedy(model, follow_up, cache=copy.deepcopy(first.cache))
     text = {"input_ids": input_ids, "attention_mask": follow_up["attention_mask"]}
-    assert torch.equal(greedy(model, text, cache=copy.deepcopy(first.cache)), greedy(model, follow_up))
+    expected = greedy(model, follow_up)
+    assert_varied(expected)
+    assert torch.equal(greedy(model, text, cache=copy.deepcopy(first.cache)), expected)

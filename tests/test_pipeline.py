@@ -12,6 +12,7 @@ import pytest
 import soundfile
 import torch
 from encoder_fixtures import *  # noqa: F403
+from helpers import assert_varied
 from transformers import AutoModelForMultimodalLM, AutoProcessor, ClapFeatureExtractor, pipeline
 
 from modeling_pal import AudioTextToTextPipeline, PalForConditionalGeneration, PalProcessor
@@ -21,8 +22,9 @@ NEW_TOKENS = 6
 
 @pytest.fixture(scope="module")
 def checkpoint(saved_pal_checkpoint) -> str:
-    """A hybrid PAL (PLITS placeholders and a LAL marker per clip) saved with its processor in one folder."""
-    return saved_pal_checkpoint("hybrid")
+    """A hybrid PAL (PLITS placeholders and a LAL marker per clip) saved with its processor in one folder; sharpened,
+    so that its greedy outputs are varied and an input the pipeline lost or padded wrongly would change them."""
+    return saved_pal_checkpoint("hybrid", sharpen=True)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,7 @@ def generated_ids(pipe, case: dict) -> torch.Tensor:
 
 def test_pipeline_equals_processor_and_generate(checkpoint, loaded, cases, expected):
     processor = loaded[1]
+    assert_varied(torch.stack([ids[-NEW_TOKENS:] for ids, _ in expected.values()]), NEW_TOKENS, distinct=2)
     pipe = pipeline("audio-text-to-text", model=checkpoint)
     assert isinstance(pipe, AudioTextToTextPipeline) and isinstance(pipe.processor, PalProcessor)
     for name, case in cases.items():
@@ -119,6 +122,7 @@ def test_batch_size_two_equals_one_by_one(checkpoint, cases):
     ]
     for inputs in (chats, prompts):
         alone = [out[0]["generated_token_ids"] for out in pipe(inputs, max_new_tokens=NEW_TOKENS, return_tensors=True)]
+        assert_varied(torch.stack([ids[-NEW_TOKENS:] for ids in alone]), NEW_TOKENS, distinct=2)
         batched = pipe(inputs, max_new_tokens=NEW_TOKENS, return_tensors=True, batch_size=2)
         for single, out in zip(alone, batched, strict=True):
             ids = out[0]["generated_token_ids"]
