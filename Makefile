@@ -11,14 +11,18 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: system-deps $(STAMP)
 
-# Debian packages for audio decoding (torchcodec needs FFmpeg's libraries), speech synthesis and the benchmarks'
-# malloc (tcmalloc).
+# Debian packages for audio decoding (torchcodec needs FFmpeg's libraries), speech synthesis, the caption metrics
+# (pycocoevalcap's PTB tokenizer and METEOR run `java`), `python3 -m venv` (ensurepip) and the benchmarks' malloc
+# (tcmalloc). ldconfig is in /sbin, which is not on a non-root user's PATH.
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v sox >/dev/null || missing="$$missing sox libsox-fmt-all"; \
-	ldconfig -p | grep -q libtcmalloc_minimal || missing="$$missing libtcmalloc-minimal4"; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	python3 -c "import ensurepip" 2>/dev/null || missing="$$missing python3-venv"; \
+	LDCONFIG=$$(command -v ldconfig || echo /sbin/ldconfig); \
+	$$LDCONFIG -p 2>/dev/null | grep -q libtcmalloc_minimal || missing="$$missing libtcmalloc-minimal4"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo sudo ); \

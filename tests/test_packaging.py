@@ -1,4 +1,7 @@
-"""The wheel `pip install .` builds: every module of the package, the local `evaluate` metric modules included."""
+"""
+The wheel `pip install .` builds: every module of the package, the local `evaluate` metric modules included; and
+`make system-deps`, which installs the Debian packages that are missing.
+"""
 
 import shutil
 import subprocess
@@ -28,3 +31,33 @@ def test_the_wheel_ships_every_module_and_metric(tmp_path):
     modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "modeling_pal").rglob("*.py")}
     assert modules <= shipped, sorted(modules - shipped)
     assert {m for m in modules if "/metrics/" in m}, "the local evaluate metric modules"
+
+
+def stub(path: Path, script: str) -> None:
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+
+
+def test_system_deps_installs_what_a_non_root_path_lacks(tmp_path):
+    """
+    A PATH without /sbin (a non-root user's), ffmpeg/espeak-ng/sox present, java absent, a python3 without ensurepip:
+    apt-get (a stub) must be asked for Java and python3-venv, and for tcmalloc only if /sbin/ldconfig lacks it.
+    """
+    bin_dir, log = tmp_path / "bin", tmp_path / "apt.log"
+    bin_dir.mkdir()
+    for tool in ("cat", "cut", "grep", "id", "sha1sum"):  # what the recipe and the Makefile's $(shell) call
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    for tool in ("ffmpeg", "espeak-ng", "sox"):
+        stub(bin_dir / tool, "exit 0")
+    stub(bin_dir / "python3", "exit 1")
+    stub(bin_dir / "sudo", 'exec "$@"')
+    stub(bin_dir / "apt-get", f'echo "$*" >> {log}')
+    make = [shutil.which("make"), "-s", "-C", str(ROOT), "system-deps"]
+    subprocess.run(make, env={"PATH": str(bin_dir)}, capture_output=True, text=True, check=True)
+    installed = log.read_text().splitlines()[-1].split()
+    assert {"default-jre-headless", "python3-venv"} <= set(installed)
+    assert not {"ffmpeg", "espeak-ng", "sox"} & set(installed)
+    has_tcmalloc = (
+        "libtcmalloc_minimal" in subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True).stdout
+    )
+    assert ("libtcmalloc-minimal4" in installed) != has_tcmalloc
