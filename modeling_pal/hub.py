@@ -7,6 +7,8 @@ from pathlib import Path
 import yaml
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
+from .evaluation.runner import markdown_table
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 RECIPE_FILE = "pal_recipe.yaml"
 EVAL_FILE = "pal_eval.json"
@@ -15,9 +17,9 @@ TEXT_MODEL_KEY = "llm"
 CARD_TEMPLATE = """
 # {repo_name}
 
-A [PAL](https://arxiv.org/abs/2506.10423) audio-LLM built with
-[`modeling_pal`](https://github.com/) on Transformers: frozen audio encoders feed a decoder LLM through PLITS
-(placeholder tokens) and/or LAL (extra keys/values of self-attention in selected layers).
+A [PAL](https://arxiv.org/abs/2506.10423) audio-LLM built with `modeling_pal` on Transformers: frozen audio
+encoders feed a decoder LLM through PLITS (placeholder tokens) and/or LAL (extra keys/values of self-attention in
+selected layers).
 
 ## Configuration
 
@@ -47,11 +49,24 @@ With `pip install modeling_pal`, `import modeling_pal` registers the classes and
 {recipe_section}{eval_section}"""
 
 
+def component_names(config) -> list[str]:
+    """The names a base model can be given for: `"llm"` and the encoder names."""
+    return [TEXT_MODEL_KEY, *(settings["name"] for settings in config.audio_encoders)]
+
+
+def check_components(config, overrides: dict[str, str]) -> None:
+    """Raises a `ValueError` naming the valid components when `overrides` names another one (e.g. a typo)."""
+    unknown = sorted(set(overrides) - set(component_names(config)))
+    if unknown:
+        raise ValueError(f"Unknown component(s) {unknown} for a base model; this model has {component_names(config)}")
+
+
 def base_models(config, overrides: dict[str, str] | None = None) -> dict[str, str]:
     """
     The checkpoint each component was composed from, `{"llm": ..., encoder name: ...}`: the sub-configs remember
     the path or Hub id given to `from_components`; `overrides` replace them (e.g. when they were local paths).
     """
+    check_components(config, overrides or {})
     found = {TEXT_MODEL_KEY: getattr(config.text_config, "_name_or_path", "")}
     for settings, audio_config in zip(config.audio_encoders, config.audio_configs):
         found[settings["name"]] = getattr(audio_config, "_name_or_path", "")
@@ -96,15 +111,12 @@ def build_model_card(config, repo_id: str, models: dict[str, str], recipe: dict 
 
 
 def evaluation_table(evaluation: dict) -> str:
-    """A Markdown table from an `examples/evaluate_pal.py` report (or a dict of such reports by split)."""
+    """
+    Markdown tables, one per split, from an `examples/evaluate_pal.py` report (or a dict of such reports by split),
+    as the evaluation script prints them: metrics with their count and chance level.
+    """
     reports = {evaluation.get("split", "test"): evaluation} if "metrics" in evaluation else evaluation
-    lines = ["| split | task | metric | value |", "|---|---|---|---:|"]
-    for split, report in reports.items():
-        for task, metrics in report["metrics"].items():
-            for name, value in metrics.items():
-                if name != "count" and isinstance(value, (int, float)):
-                    lines.append(f"| {split} | {task} | {name} | {value:.3f} |")
-    return "\n".join(lines)
+    return "\n\n".join(markdown_table(report["metrics"], title=split) for split, report in reports.items())
 
 
 def write_repository(model, processor, out_dir: str | Path, repo_id: str, base_model_overrides=None, source_dir=None):
@@ -138,8 +150,8 @@ def _read(directory: Path | None, name: str, parse):
     return parse((directory / name).read_text())
 
 
-def upload_repository(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Creates the Hub repository (if needed) and uploads `folder`; raises a clear error naming what is missing."""
+def hub_api(token: str | None = None) -> HfApi:
+    """A Hub client checked to reach the Hub with a valid token; raises a clear error naming what is missing."""
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise RuntimeError("HF_HUB_OFFLINE=1 is set: unset it to upload, or use --dry-run DIR to write the folder")
     api = HfApi(token=token)
@@ -150,6 +162,11 @@ def upload_repository(folder: str | Path, repo_id: str, private: bool = False, t
             "Cannot reach the Hugging Face Hub with a valid token: log in with `hf auth login`, set HF_TOKEN, or "
             f"pass --token; check the network ({type(error).__name__}: {error})"
         ) from error
+    return api
+
+
+def upload_repository(api: HfApi, folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """Creates the Hub repository (if needed) and uploads `folder` with a client from `hub_api`."""
     api.create_repo(repo_id, private=private, exist_ok=True)
     return api.upload_folder(
         folder_path=str(folder), repo_id=repo_id, commit_message="Upload PAL checkpoint"

@@ -1,22 +1,31 @@
-"""The Hub path, tested for real offline: a dry-run repository placed in a Hub cache and loaded by repo id."""
+"""The Hub path, tested for real offline: a dry-run repository placed in a Hub cache and loaded by repo id; the model
+card and `examples/push_to_hub.py` (Hub checked first, temporary folder removed, `--base-model` validated)."""
 
+import contextlib
+import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from encoder_fixtures import *  # noqa: F403
 from huggingface_hub import ModelCard
+from transformers import AutoConfig
 
-from modeling_pal import PalProcessor
-from modeling_pal.hub import PICKLE_SUFFIXES, write_repository
+from modeling_pal import PalForConditionalGeneration, PalProcessor
+from modeling_pal.hub import PICKLE_SUFFIXES, base_models, evaluation_table, write_repository
 
 REPO_ID = "org/pal"
 BASE_MODELS = {"llm": "meta-llama/Llama-3.2-1B-Instruct", "whisper": "openai/whisper-large-v3"}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+PUSH_SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "push_to_hub.py"
 
 LOAD_BY_REPO_ID = textwrap.dedent(
     """
@@ -109,3 +118,75 @@ def test_load_by_repo_id_from_the_hub_cache(mode, published, tmp_path):
     assert report["processor"] == "PalProcessor"
     assert isinstance(report["answer"], str)
     assert report["blocked"] == (mode == "remote")
+
+
+def test_card_links_only_the_paper(published):
+    _, _, folder = published
+    links = re.findall(r"\]\((\S+?)\)", (folder / "README.md").read_text())
+    assert links == ["https://arxiv.org/abs/2506.10423"]
+
+
+def test_evaluation_table_shows_metrics_with_their_chance_level():
+    """An `examples/evaluate_pal.py` report: `count`, `chance` and `unparsed` are not metrics."""
+    report = {
+        "split": "test",
+        "metrics": {"temporal_order": {"count": 60, "accuracy": 0.2, "chance": 0.5, "unparsed": 39}},
+    }
+    rows = [line.split("|")[1:-1] for line in evaluation_table(report).splitlines() if line.startswith("| temporal")]
+    assert [[cell.strip() for cell in row] for row in rows] == [["temporal_order", "60", "accuracy", "0.200", "0.500"]]
+
+
+def test_unknown_base_model_component_is_rejected(published):
+    model, _, _ = published
+    with pytest.raises(ValueError, match=r"'whsiper'.*\['llm', 'whisper'\]"):
+        base_models(model.config, {"whsiper": "openai/whisper-large-v3"})
+
+
+def test_clap_encoder_composed_from_a_local_path_has_its_base_model(
+    tiny_llm_dir, tiny_whisper_dir, tiny_encoder_dir, tmp_path
+):
+    """CLAP's audio tower comes out of a full `ClapModel`: its nested config must still remember the checkpoint."""
+    paths = {"llm": tiny_llm_dir("llama"), "whisper": tiny_whisper_dir, "clap": tiny_encoder_dir("clap")}
+    encoders = {"whisper": paths["whisper"], "clap": paths["clap"]}
+    model = PalForConditionalGeneration.from_components(paths["llm"], encoders, integration="pal", lal_start_layer=2)
+    model.config.save_pretrained(tmp_path)
+    assert base_models(model.config) == base_models(AutoConfig.from_pretrained(tmp_path)) == paths
+
+
+@pytest.fixture(scope="module")
+def push_script():
+    spec = importlib.util.spec_from_file_location("push_to_hub", PUSH_SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_malformed_base_model_entry_is_a_usage_error(push_script, capsys):
+    with pytest.raises(SystemExit):
+        push_script.parse_args(["--model", "m", "--repo-id", REPO_ID, "--base-model", "llm"])
+    assert "expected COMPONENT=HUB_ID" in capsys.readouterr().err
+
+
+def test_push_checks_the_hub_before_loading_the_model(push_script, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE=1"):
+        push_script.main(["--model", str(tmp_path / "not-loaded"), "--repo-id", REPO_ID])
+
+
+@pytest.mark.parametrize("upload_fails", [False, True])
+def test_push_removes_its_temporary_folder(upload_fails, push_script, saved_pal_checkpoint, tmp_path, monkeypatch):
+    uploaded = []
+
+    def upload(api, folder, repo_id, private=False):
+        uploaded.append({path.name for path in Path(folder).iterdir()})
+        if upload_fails:
+            raise RuntimeError("upload interrupted")
+        return "https://huggingface.co/org/pal/commit/0"
+
+    monkeypatch.setattr(push_script, "hub_api", lambda token: "checked client")
+    monkeypatch.setattr(push_script, "upload_repository", upload)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(RuntimeError) if upload_fails else contextlib.nullcontext():
+        push_script.main(["--model", saved_pal_checkpoint("lal"), "--repo-id", REPO_ID])
+    assert {"model.safetensors", "README.md"} <= uploaded[0]
+    assert not list(tmp_path.iterdir())
