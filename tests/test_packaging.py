@@ -1,5 +1,6 @@
 """
-The wheel `pip install .` builds: every module of the package, the local `evaluate` metric modules included; and
+The wheel `pip install .` builds: every module of the package, the local `evaluate` metric modules included; the
+imports of the files checkpoints ship for `trust_remote_code` users; and
 `make system-deps`, which installs the Debian packages that are missing.
 """
 
@@ -61,3 +62,13 @@ def test_system_deps_installs_what_a_non_root_path_lacks(tmp_path):
         "libtcmalloc_minimal" in subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True).stdout
     )
     assert ("libtcmalloc-minimal4" in installed) != has_tcmalloc
+
+
+def test_the_remote_code_model_files_need_only_torch_and_transformers():
+    """`trust_remote_code` users without the package: Transformers refuses a shipped file whose imports (outside
+    `try` blocks) are not installed, so the model's files may import nothing beyond what Transformers needs."""
+    from transformers.dynamic_module_utils import get_imports
+
+    for name in ("modeling_pal.py", "configuration_pal.py", "pipeline_pal.py"):
+        third_party = set(get_imports(ROOT / "modeling_pal" / name)) - set(sys.stdlib_module_names)
+        assert third_party <= {"torch", "transformers", "huggingface_hub"}, (name, third_party)
