@@ -78,6 +78,7 @@ def train(work: Path, data: Path, components: Path) -> tuple[Path, float]:
         str(data),
         "--components",
         str(components),
+        "--overwrite",  # the curriculum runs every time
     ]
     return run / "stage3", step("Three-stage curriculum (pal_synth.yaml)", command)
 

@@ -7,7 +7,8 @@ Trains a PAL model through the stages of a curriculum recipe (see `docs/training
     accelerate launch --config_file examples/accelerate/ddp_cpu.yaml examples/train_curriculum.py --recipe ...
 
 Each stage's model and processor go to `OUTPUT/stage{n}`; `--resume` continues an interrupted run at the same stage
-and data position.
+and data position; `--overwrite` removes an earlier run from the folder and starts fresh (without either, a folder
+holding an earlier run is refused).
 """
 
 import argparse
@@ -26,7 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the last finished stage / checkpoint (without it, an earlier run's outputs are removed)",
+        help="continue from the last finished stage / checkpoint of the run in --output_dir",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="remove an earlier run from --output_dir and start fresh"
     )
     parser.add_argument("--trainer", choices=("hf", "trl"), default="hf", help="Trainer or TRL's SFTTrainer")
     parser.add_argument("--lora", action="store_true", help="train the LLM through LoRA adapters")
@@ -44,6 +48,7 @@ def main(argv: list[str] | None = None) -> CurriculumResult:
         args.output_dir,
         max_steps_per_stage=args.max_steps_per_stage,
         resume=args.resume,
+        overwrite=args.overwrite,
         trainer=args.trainer,
         lora=args.lora,
         components=args.components,

@@ -463,13 +463,21 @@ class CrashAtStep(TrainerCallback):
             raise RuntimeError("simulated crash")
 
 
-def test_fresh_run_clears_the_last_run_and_resume_checks_settings(tiny_llm_dir, tiny_whisper_dir, synth, tmp_path):
+def test_an_earlier_run_is_refused_or_overwritten_and_resume_checks_settings(
+    tiny_llm_dir, tiny_whisper_dir, synth, tmp_path
+):
     stages = [{"train": ["connectors"], "args": {"max_steps": 2}}]
     recipe = tiny_recipe(tiny_llm_dir("llama"), tiny_whisper_dir, stages, save_strategy="steps", save_steps=1)
     rows = synth.select(range(4))
     run_curriculum(recipe, tmp_path, data=rows, max_steps_per_stage=3)
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="holds an earlier run"):
+        run_curriculum(recipe, tmp_path, data=rows)  # forgot --resume: nothing is touched
+    with pytest.raises(ValueError, match="exclude each other"):
+        run_curriculum(recipe, tmp_path, data=rows, resume=True, overwrite=True)
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_curriculum(recipe, tmp_path, data=rows, callbacks=[CrashAtStep(2)])
+        run_curriculum(recipe, tmp_path, data=rows, overwrite=True, callbacks=[CrashAtStep(2)])
     assert not (tmp_path / "stage1").exists()
     assert [path.name for path in (tmp_path / "checkpoints" / "stage1").iterdir()] == ["checkpoint-1"]
     resumed = run_curriculum(recipe, tmp_path, data=rows, resume=True)

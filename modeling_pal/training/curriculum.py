@@ -261,15 +261,27 @@ def _all_training_args(recipe: dict, output_dir: Path, max_steps: int | None, us
     return stage_args
 
 
-def _clear_previous_run(output_dir: Path, distributed: PartialState) -> None:
-    """Removes what an earlier run left in `output_dir` (state, stage outputs, checkpoints, logs), so that a fresh run
-    never mixes with it and a later resume never continues it."""
+def _previous_run(output_dir: Path) -> list[Path]:
+    """What an earlier run left in `output_dir`: its state, stage outputs, checkpoints and logs."""
+    names = [STATE_FILE, LOSS_PLOT, "base", "checkpoints"]
+    found = [output_dir / name for name in names if (output_dir / name).exists()]
+    return found + sorted([*output_dir.glob("sample_ids.rank*.jsonl"), *output_dir.glob("stage[0-9]*")])
+
+
+def _start_fresh(output_dir: Path, overwrite: bool, distributed: PartialState) -> None:
+    """
+    Clears an earlier run from `output_dir` when `overwrite`, so that a fresh run never mixes with it and a later
+    resume never continues it; without `overwrite`, an earlier run (perhaps hours of training to resume) is refused.
+    """
+    previous = _previous_run(output_dir)
+    if previous and not overwrite:
+        raise ValueError(
+            f"{output_dir} holds an earlier run ({', '.join(path.name for path in previous[:4])}, …): continue it with "
+            "resume=True (--resume), remove it with overwrite=True (--overwrite), or choose another output_dir"
+        )
     if distributed.is_main_process:
-        for path in [output_dir / STATE_FILE, output_dir / LOSS_PLOT, *output_dir.glob("sample_ids.rank*.jsonl")]:
-            path.unlink(missing_ok=True)
-        for path in [output_dir / "base", output_dir / "checkpoints", *output_dir.glob("stage[0-9]*")]:
-            if path.is_dir():
-                shutil.rmtree(path)
+        for path in previous:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     distributed.wait_for_everyone()
 
 
@@ -423,6 +435,7 @@ def run_curriculum(
     *,
     max_steps_per_stage: int | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     trainer: str = "hf",
     lora: bool = False,
     components: str | Path | None = None,
@@ -439,6 +452,8 @@ def run_curriculum(
         max_steps_per_stage: overrides every stage's `max_steps`.
         resume: skip finished stages and continue the current one from its last Trainer checkpoint (same data
             position, optimizer and RNG state).
+        overwrite: start fresh in an `output_dir` that holds an earlier run, removing it (without `resume` or
+            `overwrite`, such a folder raises a `ValueError` before anything is touched).
         trainer: `"hf"` (`Trainer`) or `"trl"` (TRL `SFTTrainer` with the PAL collator).
         lora: train the stages' LLM groups through LoRA adapters (recipe section `lora`: `LoraConfig` options), with
             the connectors in `modules_to_save`.
@@ -454,8 +469,10 @@ def run_curriculum(
     distributed = PartialState(cpu=not torch.accelerator.is_available())
     use_cpu = distributed.device.type == "cpu"
     stage_args = _all_training_args(recipe, output_dir, max_steps_per_stage, use_cpu, trainer == "trl")
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
     if not resume:
-        _clear_previous_run(output_dir, distributed)
+        _start_fresh(output_dir, overwrite, distributed)
     dataset = load_training_data(recipe, data)
     components = _resolve_components(recipe, components, dataset, output_dir, distributed, fresh=not resume)
     settings = {
