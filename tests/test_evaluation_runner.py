@@ -18,6 +18,7 @@ from modeling_pal.evaluation.runner import (
     generate_answers,
     markdown_table,
     prompt_messages,
+    reference_groups,
     score_predictions,
 )
 
@@ -90,6 +91,22 @@ def test_caption_rows_of_one_clip_share_a_generation_and_all_references(checkpoi
         predictions=["a dog is barking", "rain is falling"], references=list(CLOTHO_CAPTIONS.values())
     )
     assert results == {"count": 2, **expected}
+
+
+def test_only_rows_with_the_same_prompt_share_a_generation():
+    def row(history: str, audio: str = "a.wav") -> dict:
+        messages = [
+            {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": history}]},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "What happens next?"}]},
+            {"role": "assistant", "content": "a dog barks"},
+        ]
+        return {"task": "open_qa", "question": "What happens next?", "audio": audio, "messages": messages}
+
+    rows = [row("Listen."), row("Count the beeps."), row("Listen."), row("Listen.", "b.wav")]
+    assert reference_groups(rows) == [[0, 2], [1], [3]]  # same clip and question, other earlier turn: not shared
+    decoded = [{**rows[0], "audio": np.zeros(160, dtype=np.float32)}] * 2
+    assert reference_groups(decoded) == [[0], [1]]
 
 
 def evaluate_command(checkpoint: Path, dataset_dir: Path, *args: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Batched greedy evaluation of a PAL model on rows of PAL's schema: per-task metrics, chance levels, MMAU export."""
 
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -60,16 +61,29 @@ def _clip_identities(rows) -> list[str | None]:
     return [_clip_identity(row.get("audio")) for row in rows]
 
 
+def _prompt_identity(row: dict, clip: str) -> str | None:
+    """The row's prompt (its chat before the last answer) and clip as one key; `None` when an audio item of the
+    chat holds decoded samples or bytes (they have no identity short of hashing them)."""
+    messages = row["messages"]
+    last_assistant = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    try:
+        return json.dumps([messages[:last_assistant], clip], sort_keys=True)
+    except TypeError:
+        return None
+
+
 def reference_groups(rows) -> list[list[int]]:
     """
-    Row indices grouped for generation and scoring: captioning and open-QA rows that share their task, question and
-    clip (converted Clotho and AudioCaps hold one row per caption) form one group, answered once and scored against
-    every answer of the group; every other row is a group of its own. Groups come in the order of their first rows.
+    Row indices grouped for generation and scoring: captioning and open-QA rows with the same task, prompt (every
+    turn before the answer) and clip (converted Clotho and AudioCaps hold one row per caption) form one group,
+    answered once and scored against every answer of the group; every other row is a group of its own, and so is
+    every row whose audio is already decoded (a list of rows read from a `Dataset`). Groups come in the order of
+    their first rows.
     """
     groups: dict[object, list[int]] = {}
     for index, (row, clip) in enumerate(zip(without_audio(rows), _clip_identities(rows))):
-        shared = row["task"] in CAPTION_TASKS and clip is not None
-        groups.setdefault((row["task"], row["question"], clip) if shared else index, []).append(index)
+        prompt = _prompt_identity(row, clip) if row["task"] in CAPTION_TASKS and clip is not None else None
+        groups.setdefault((row["task"], prompt) if prompt is not None else index, []).append(index)
     return list(groups.values())
 
 
