@@ -80,6 +80,11 @@ class AudioTextToTextPipeline(AnyToAnyPipeline):
 
     def _collate(self, items: list[dict]) -> dict:
         """Preprocessed prompts → one batch; their `text` (prompt or chat, for the outputs) stays a list."""
+        if any(len(item["input_ids"]) != 1 for item in items):
+            raise ValueError(
+                "With batch_size > 1 every input must be one prompt; an input that is itself a batch (`text=[...]` "
+                "inside a dict) goes with batch_size=1, or pass its prompts as separate inputs"
+            )
         batch = self.processor.collate(
             [{name: value for name, value in item.items() if name != "text"} for item in items]
         )

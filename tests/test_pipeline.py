@@ -140,6 +140,9 @@ def test_batch_size_two_equals_one_by_one(checkpoint, cases):
     streamed = pipe((prompt for prompt in prompts), max_new_tokens=NEW_TOKENS, return_tensors=True, batch_size=2)
     for out, streamed_out in zip(batched, streamed, strict=True):
         assert torch.equal(streamed_out[0]["generated_token_ids"], out[0]["generated_token_ids"])
+    nested = {"text": [prompts[1]["text"]] * 2}  # an input that is itself a batch cannot share a batch
+    with pytest.raises(ValueError, match="every input must be one prompt"):
+        pipe([nested, prompts[1]], max_new_tokens=NEW_TOKENS, batch_size=2)
 
 
 def test_any_to_any_audio_path_takes_the_first_extractors_rate(tiny_llm_dir, tiny_encoder_dir, tmp_path, monkeypatch):
