@@ -484,6 +484,10 @@ def test_an_earlier_run_is_refused_or_overwritten_and_resume_checks_settings(
     assert [entry["step"] for entry in resumed.stages[0].log_history if "loss" in entry] == [1, 2]
     with pytest.raises(ValueError, match="other settings"):
         run_curriculum(recipe, tmp_path, data=rows, max_steps_per_stage=3, resume=True)
+    state_file = tmp_path / "curriculum_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({key: value for key, value in state.items() if key != "settings"}))
+    assert run_curriculum(recipe, tmp_path, data=rows, resume=True).stages  # a state from before settings were kept
 
 
 @pytest.mark.parametrize("mistake", [{"subset": 4}, {"args": {"max_step": 1}}, {"args": {"lr_scheduler_type": "x"}}])

@@ -303,7 +303,10 @@ def _load_state(output_dir: Path, recipe: dict, settings: dict, resume: bool) ->
     state = json.loads(path.read_text())
     if state["recipe"] != json.loads(json.dumps(recipe)):
         raise ValueError(f"{path} was written for another recipe; resume with the same recipe or a new output_dir")
-    if state.get("settings") != json.loads(json.dumps(settings)):
+    if "settings" not in state:  # written before runs recorded their settings: resumed on trust, and recorded now
+        logger.warning(f"{path} records no run settings; resuming with {settings}")
+        state["settings"] = settings
+    if state["settings"] != json.loads(json.dumps(settings)):
         raise ValueError(
             f"{path} was written with other settings ({state.get('settings')}, now {settings}); resume with the same "
             "data, components, max_steps_per_stage, trainer and lora, or start a fresh run"
