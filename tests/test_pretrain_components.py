@@ -134,3 +134,12 @@ def test_second_call_is_a_cache_hit(components, synth):
     ) == json.loads(json.dumps(metrics))
     assert time.perf_counter() - start < 2.0
     assert weights.stat().st_mtime_ns == modified
+
+
+def test_whisper_summary_without_held_out_digit_strings():
+    """A small PAL-Synth's validation split can hold no digit strings: their WER is None, and the log says n/a."""
+    from modeling_pal.data._pretrain_whisper import summary
+
+    metrics = dict(held_out_wer=0.5, held_out_digit_wer=None, untrained_wer=1.0, untrained_digit_wer=None)
+    line = summary({**metrics, "held_out_perplexity": 3.0, "unigram_perplexity": 80.0, "steps": 3})
+    assert "held-out WER 0.500, on digits n/a (untrained 1.000, n/a)" in line and "after 3 steps" in line

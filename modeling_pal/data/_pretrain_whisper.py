@@ -389,9 +389,16 @@ def train_whisper(
     model.save_pretrained(out_dir)
     extractor.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    tqdm.write(
-        f"Whisper: held-out WER {metrics['held_out_wer']:.3f}, on digits {metrics['held_out_digit_wer']:.3f} "
-        f"(untrained {metrics['untrained_wer']:.3f}, {metrics['untrained_digit_wer']:.3f}); per-token perplexity "
-        f"{metrics['held_out_perplexity']:.2f} (unigram {metrics['unigram_perplexity']:.1f}) after {stats['steps']} steps"
-    )
+    tqdm.write(summary(metrics))
     return metrics
+
+
+def summary(metrics: dict) -> str:
+    """The log line of a Whisper pretraining run; a WER without held-out references (no digit strings) is n/a."""
+    wer = {key: "n/a" if value is None else f"{value:.3f}" for key, value in metrics.items() if key.endswith("wer")}
+    return (
+        f"Whisper: held-out WER {wer['held_out_wer']}, on digits {wer['held_out_digit_wer']} "
+        f"(untrained {wer['untrained_wer']}, {wer['untrained_digit_wer']}); per-token perplexity "
+        f"{metrics['held_out_perplexity']:.2f} (unigram {metrics['unigram_perplexity']:.1f}) after "
+        f"{metrics['steps']} steps"
+    )
