@@ -7,10 +7,12 @@ python examples/evaluate_pal.py --model outputs/demo/stage3 --dataset data/pal_s
 
 import argparse
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from datasets import load_from_disk
+from datasets import DatasetDict, load_from_disk
 from transformers import AutoModelForMultimodalLM, AutoProcessor
 
 import modeling_pal  # noqa: F401  (registers PAL with the Auto classes)
@@ -35,6 +37,17 @@ def parse_args() -> argparse.Namespace:
         if len(args.split) > 1 and path and "{split}" not in path:
             parser.error(f"with several splits, output paths must contain {{split}}; got {path!r}")
     return args
+
+
+def load_splits(path: str, splits: Sequence[str]) -> DatasetDict:
+    """The `DatasetDict` saved at `path`; exits listing the available splits when it lacks one of `splits`."""
+    dataset = load_from_disk(path)
+    available = sorted(dataset) if isinstance(dataset, DatasetDict) else []
+    missing = [split for split in splits if split not in available]
+    if missing:
+        listed = ", ".join(available) or "none (it is a single Dataset, not a DatasetDict)"
+        sys.exit(f"error: {path} has no split {', '.join(map(repr, missing))}; available: {listed}")
+    return dataset
 
 
 def evaluate_split(model, processor, rows, batch_size: int, max_new_tokens: int) -> tuple[dict, list[str]]:
@@ -67,10 +80,10 @@ def evaluate_and_write(model, processor, rows, split: str, args: argparse.Namesp
 
 def main() -> None:
     args = parse_args()
+    dataset = load_splits(args.dataset, args.split)  # before the model, so a wrong split fails fast
     torch.manual_seed(0)
     model = AutoModelForMultimodalLM.from_pretrained(args.model).eval()
     processor = AutoProcessor.from_pretrained(args.model)
-    dataset = load_from_disk(args.dataset)
     for split in args.split:
         rows = dataset[split]
         if args.limit:

@@ -183,3 +183,45 @@ def test_bad_rows_are_skipped_with_a_warning(captions_with_bad_rows):
     check_rows(dataset, "captioning", ["1"])
     with pytest.raises(ValueError, match="on_bad_audio"):
         convert_audiocaps(captions_with_bad_rows, captions_with_bad_rows.parent / "wav", on_bad_audio="ignore")
+
+
+def test_conversions_with_no_rows_left_name_the_input_and_why(tmp_path):
+    (tmp_path / "openaqa.json").write_text(json.dumps([{"wav": "gone.wav", "instruction": "Q?", "output": "A."}]))
+    with pytest.warns(UserWarning, match="skipped 1 rows"):
+        with pytest.raises(ValueError, match=r"all 1 rows .*skip.*gone\.wav"):
+            convert_openaqa(tmp_path / "openaqa.json", tmp_path, on_bad_audio="skip")
+    rows = [{"filename": "1-1-A-0.wav", "fold": "1", "target": "0", "category": "dog"}]
+    with pytest.raises(ValueError, match=r"esc50\.csv has no rows in folds \[5\] \(its folds: \[1\]\)"):
+        convert_esc50(write_csv(tmp_path / "esc50.csv", rows), tmp_path, folds=[5])
+    with pytest.raises(ValueError, match=r"no \*\.trans\.txt transcripts under .*wrong"):
+        convert_librispeech(tmp_path / "wrong")
+    (tmp_path / "header_only.csv").write_text("audiocap_id,youtube_id,start_time,caption\n")
+    with pytest.raises(ValueError, match=r"header_only\.csv has no rows"):
+        convert_audiocaps(tmp_path / "header_only.csv", tmp_path)
+    with pytest.raises(ValueError, match="no rows"):
+        to_pal_dataset([])
+
+
+def test_csv_with_a_byte_order_mark(tmp_path):
+    write_audio(tmp_path / "a.wav")
+    (tmp_path / "metadata.csv").write_text("file_name,caption\na.wav,A dog.\n", encoding="utf-8-sig")
+    check_rows(convert_audiofolder(tmp_path), "captioning", ["a.wav"])
+
+
+def test_audiofolder_ids_of_a_clip_with_several_captions_are_unique(tmp_path):
+    write_audio(tmp_path / "a.wav")
+    write_audio(tmp_path / "b.wav")
+    records = [("a.wav", "A."), ("b.wav", "B."), ("a.wav", "A second caption.")]
+    write_csv(tmp_path / "metadata.csv", [{"file_name": name, "caption": caption} for name, caption in records])
+    dataset = convert_audiofolder(tmp_path)
+    check_rows(dataset, "captioning", ["a.wav-1", "b.wav", "a.wav-2"])
+    assert dataset["caption"] == ["A.", "B.", "A second caption."]
+
+
+@pytest.mark.parametrize("metadata", ['{"file_name": "b.wav", "label": null}', '{"file_name": "b.wav"}'])
+def test_audiofolder_row_without_a_text_value_raises_naming_it(tmp_path, metadata):
+    write_audio(tmp_path / "a.wav")
+    write_audio(tmp_path / "b.wav")
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.wav", "label": "dog"}\n' + metadata + "\n")
+    with pytest.raises(ValueError, match=r"row 'b\.wav' has no 'label' value"):
+        convert_audiofolder(tmp_path)

@@ -149,3 +149,12 @@ def test_evaluate_script_needs_a_split_placeholder_for_several_splits(dataset_di
     command = evaluate_command(checkpoint, dataset_dir, "--split", "test", "validation", "--output", "r.json")
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "must contain {split}" in result.stderr
+
+
+def test_evaluate_script_checks_the_splits_before_loading_the_model(dataset_dir, tmp_path):
+    command = evaluate_command(
+        tmp_path / "no-model", dataset_dir, "--split", "test", "nosuch", "--output", "{split}.json"
+    )
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1 and "no split 'nosuch'" in result.stderr
+    assert "available: test, test_compositional, train, validation" in result.stderr

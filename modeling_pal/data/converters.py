@@ -2,9 +2,9 @@
 Converters from audio datasets as people have them on disk into PAL's row schema (`docs/data_schema.md`).
 
 Every converter validates each row's audio while converting (a missing or undecodable file raises an error naming
-the row, or is skipped with a warning when `on_bad_audio="skip"`), fills the columns the source lacks with `""`,
-`[]` or `0.0`, writes the chat `messages`, and returns a `datasets.Dataset` whose `audio` column is
-`Audio(sampling_rate=16000)`.
+the row, or is skipped with a warning when `on_bad_audio="skip"`; a conversion left with no row raises a `ValueError`
+saying why), fills the columns the source lacks with `""`, `[]` or `0.0`, writes the chat `messages`, and returns a
+`datasets.Dataset` whose `audio` column is `Audio(sampling_rate=16000)`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def to_pal_dataset(rows: Iterable[dict], on_bad_audio: str = "raise") -> Dataset
             `"skip"` drops such rows and warns once with their count.
 
     Raises:
-        `FileNotFoundError` (missing file) or `ValueError` (undecodable, empty or non-finite audio) naming the row.
+        `FileNotFoundError` (missing file) or `ValueError` (undecodable, empty or non-finite audio) naming the row;
+        `ValueError` when no row is left: none was given, or `"skip"` dropped them all (the error names the first).
     """
     if on_bad_audio not in BAD_AUDIO_POLICIES:
         raise ValueError(f"on_bad_audio must be one of {BAD_AUDIO_POLICIES}, got {on_bad_audio!r}")
@@ -92,17 +94,28 @@ def to_pal_dataset(rows: Iterable[dict], on_bad_audio: str = "raise") -> Dataset
         try:
             audio, duration = decoded[key] if key in decoded else _decode(row["audio"])
         except (FileNotFoundError, ValueError) as error:
+            where = row["audio"] if key is not None else type(row["audio"]).__name__
+            message = f"row {row['id']!r} (audio {where}): {error}"
             if on_bad_audio == "raise":
-                where = row["audio"] if key is not None else type(row["audio"]).__name__
-                raise type(error)(f"row {row['id']!r} (audio {where}): {error}") from error
-            skipped.append(row["id"])
+                raise type(error)(message) from error
+            skipped.append((row["id"], message))
             continue
         if key is not None:
             decoded[key] = audio, duration
         records.append(_complete(row, audio, duration))
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} rows with missing or unreadable audio: {skipped[:10]}", stacklevel=2)
+        ids = [row_id for row_id, _ in skipped[:10]]
+        warnings.warn(f"skipped {len(skipped)} rows with missing or unreadable audio: {ids}", stacklevel=2)
+    if not records:
+        raise ValueError(_nothing_left(skipped))
     return Dataset.from_list(records, features=PAL_FEATURES)
+
+
+def _nothing_left(skipped: list[tuple[str, str]]) -> str:
+    """Why a conversion has no row: none was given, or every row's audio was skipped (`skipped`: id and reason)."""
+    if not skipped:
+        return "no rows to convert"
+    return f"all {len(skipped)} rows have missing or unreadable audio (on_bad_audio='skip'), e.g. {skipped[0][1]}"
 
 
 def _complete(row: dict, audio: object, duration: float) -> dict:
@@ -122,9 +135,17 @@ def _complete(row: dict, audio: object, duration: float) -> dict:
     return {column: row[column] for column in PAL_FEATURES}
 
 
+def _require_rows(records: list, source: str | Path) -> list:
+    """`records`, or a `ValueError` naming `source` when there are none."""
+    if not records:
+        raise ValueError(f"{source} has no rows")
+    return records
+
+
 def _read_csv(csv_file: str | Path) -> list[dict]:
-    with open(csv_file, newline="", encoding="utf-8") as file:
-        return list(csv.DictReader(file))
+    """A CSV file's rows as dicts (a UTF-8 byte order mark, as Excel's "CSV UTF-8" writes, is dropped)."""
+    with open(csv_file, newline="", encoding="utf-8-sig") as file:
+        return _require_rows(list(csv.DictReader(file)), csv_file)
 
 
 def _openaqa_task(name: str) -> tuple[str, str]:
@@ -153,7 +174,7 @@ def convert_openaqa(
             `None` uses the paths as written.
         on_bad_audio: `"raise"` or `"skip"` (see `to_pal_dataset`).
     """
-    entries = json.loads(Path(json_file).read_text(encoding="utf-8"))
+    entries = _require_rows(json.loads(Path(json_file).read_text(encoding="utf-8")), json_file)
     rows = []
     for index, entry in enumerate(entries):
         audio = entry.get("audio_id") or entry["wav"]
@@ -246,6 +267,9 @@ def convert_esc50(
         for record in records
         if folds is None or int(record["fold"]) in folds
     ]
+    if not rows:
+        present = sorted({int(record["fold"]) for record in records})
+        raise ValueError(f"{csv_file} has no rows in folds {list(folds)} (its folds: {present})")
     return to_pal_dataset(rows, on_bad_audio)
 
 
@@ -260,8 +284,11 @@ def convert_librispeech(
     `<speaker>-<chapter>.trans.txt` under `root` holds lines `"<utterance id> <WORDS>"`, the audio being
     `<utterance id>.flac` next to it (or in `audio_dir` when given).
     """
+    files = sorted(Path(root).rglob("*.trans.txt"))
+    if not files:
+        raise ValueError(f"no *.trans.txt transcripts under {root}")
     rows = []
-    for transcripts in sorted(Path(root).rglob("*.trans.txt")):
+    for transcripts in files:
         folder = Path(audio_dir) if audio_dir is not None else transcripts.parent
         for line in transcripts.read_text(encoding="utf-8").splitlines():
             utterance, _, words = line.strip().partition(" ")
@@ -275,7 +302,7 @@ def _read_metadata(root: Path) -> list[dict]:
     """An audiofolder's `metadata.jsonl` or `metadata.csv`."""
     if (root / "metadata.jsonl").is_file():
         lines = (root / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return _require_rows([json.loads(line) for line in lines if line.strip()], root / "metadata.jsonl")
     if (root / "metadata.csv").is_file():
         return _read_csv(root / "metadata.csv")
     raise FileNotFoundError(f"no metadata.jsonl or metadata.csv in {root}")
@@ -300,11 +327,11 @@ def convert_audiofolder(
             transcription, `label` → classification).
         on_bad_audio: `"raise"` or `"skip"` (see `to_pal_dataset`).
 
-    The row id is the metadata's `id` column if it has one, else `file_name`.
+    The row id is the metadata's `id` column if it has one, else `file_name`; an id that several rows share (a clip
+    with several captions) is numbered `"<id>-<k>"` (k = 1, 2, … in metadata order), so every row id is unique. A
+    row whose text column is missing, null or empty raises a `ValueError` naming it.
     """
     records = _read_metadata(Path(root))
-    if not records:
-        raise ValueError(f"the metadata in {root} has no rows")
     text_column = text_column or next((column for column in AUDIOFOLDER_COLUMNS if column in records[0]), None)
     if text_column is None or text_column not in records[0]:
         raise ValueError(
@@ -313,16 +340,30 @@ def convert_audiofolder(
     task = task or AUDIOFOLDER_COLUMNS.get(text_column, "captioning")
     if task not in ANSWER_COLUMNS:
         raise ValueError(f"task must be one of {list(ANSWER_COLUMNS)}, got {task!r}")
-    choices = sorted({str(record[text_column]) for record in records}) if task == "classification" else ()
+    ids = _unique_ids([str(record.get("id") or record["file_name"]) for record in records])
+    texts = [_metadata_text(record, text_column, row_id) for record, row_id in zip(records, ids)]
+    choices = sorted(set(texts)) if task == "classification" else ()
     folder = Path(audio_dir) if audio_dir is not None else Path(root)
     rows = [
-        labelled_row(
-            str(record.get("id") or record["file_name"]),
-            folder / record["file_name"],
-            task,
-            str(record[text_column]),
-            choices,
-        )
-        for record in records
+        labelled_row(row_id, folder / record["file_name"], task, text, choices)
+        for row_id, record, text in zip(ids, records, texts)
     ]
     return to_pal_dataset(rows, on_bad_audio)
+
+
+def _unique_ids(ids: list[str]) -> list[str]:
+    """`ids` with each one that occurs several times numbered `"<id>-<k>"` (k = 1, 2, …); the others unchanged."""
+    counts, seen = Counter(ids), Counter()
+    unique = []
+    for row_id in ids:
+        seen[row_id] += 1
+        unique.append(f"{row_id}-{seen[row_id]}" if counts[row_id] > 1 else row_id)
+    return unique
+
+
+def _metadata_text(record: dict, column: str, row_id: str) -> str:
+    """A metadata row's answer text; a missing, null or empty value is a bad row and raises naming it."""
+    value = record.get(column)
+    if value is None or not str(value).strip():
+        raise ValueError(f"row {row_id!r} has no {column!r} value")
+    return str(value)
