@@ -554,10 +554,11 @@ class PalProcessor(ProcessorMixin):
                 One prompt or a batch, with one `audio_token` per clip.
             audio (*optional*):
                 The clips, in text order as one flat list, or one list per prompt (`[]` for text-only prompts). A clip
-                is a 1-D array/tensor/list (mono), a 2-D one (multi-channel: the axis of size ≤ 8 is channels, down-
-                mixed; an array or tensor: a list of lists is a list of clips), a path or http(s) URL (decoded at the file's own rate), encoded bytes or a
-                binary file object, or a `datasets`-style dict (`{"array", "sampling_rate"}`, `{"path"}`,
-                `{"bytes"}`). Integer arrays are PCM, scaled by their dtype's range to [-1, 1].
+                is a 1-D array/tensor/list (mono), a 2-D array or tensor (multi-channel: the axis of size ≤ 8 is
+                channels, down-mixed; a list of lists is a list of clips), a path or http(s) URL (decoded at the
+                file's own rate), encoded bytes or a binary file object, or a `datasets`-style dict (`{"array",
+                "sampling_rate"}`, `{"path"}`, `{"bytes"}`). Integer arrays are PCM, scaled by their dtype's range to
+                [-1, 1].
             sampling_rate (`int`, *optional*):
                 The rate of raw arrays; defaults to `processor.sampling_rate` (16000). Every clip is resampled to
                 each encoder's rate.
