@@ -202,9 +202,16 @@ def test_conversions_with_no_rows_left_name_the_input_and_why(tmp_path):
         to_pal_dataset([])
 
 
-def test_csv_with_a_byte_order_mark(tmp_path):
+@pytest.mark.parametrize(
+    "name,metadata",
+    [
+        ("metadata.csv", "file_name,caption\na.wav,A dog.\n"),
+        ("metadata.jsonl", '{"file_name": "a.wav", "caption": "A dog."}\n'),
+    ],
+)
+def test_metadata_with_a_byte_order_mark(tmp_path, name, metadata):
     write_audio(tmp_path / "a.wav")
-    (tmp_path / "metadata.csv").write_text("file_name,caption\na.wav,A dog.\n", encoding="utf-8-sig")
+    (tmp_path / name).write_text(metadata, encoding="utf-8-sig")
     check_rows(convert_audiofolder(tmp_path), "captioning", ["a.wav"])
 
 

@@ -41,6 +41,7 @@ AUDIOFOLDER_COLUMNS = {
     "label": "classification",
 }
 BAD_AUDIO_POLICIES = ("raise", "skip")
+TEXT_ENCODING = "utf-8-sig"  # text metadata files: UTF-8, with or without the byte order mark Excel writes
 
 
 def classification_question(choices: Sequence[str]) -> tuple[str, list[str]]:
@@ -143,8 +144,8 @@ def _require_rows(records: list, source: str | Path) -> list:
 
 
 def _read_csv(csv_file: str | Path) -> list[dict]:
-    """A CSV file's rows as dicts (a UTF-8 byte order mark, as Excel's "CSV UTF-8" writes, is dropped)."""
-    with open(csv_file, newline="", encoding="utf-8-sig") as file:
+    """A CSV file's rows as dicts."""
+    with open(csv_file, newline="", encoding=TEXT_ENCODING) as file:
         return _require_rows(list(csv.DictReader(file)), csv_file)
 
 
@@ -174,7 +175,7 @@ def convert_openaqa(
             `None` uses the paths as written.
         on_bad_audio: `"raise"` or `"skip"` (see `to_pal_dataset`).
     """
-    entries = _require_rows(json.loads(Path(json_file).read_text(encoding="utf-8")), json_file)
+    entries = _require_rows(json.loads(Path(json_file).read_text(encoding=TEXT_ENCODING)), json_file)
     rows = []
     for index, entry in enumerate(entries):
         audio = entry.get("audio_id") or entry["wav"]
@@ -290,7 +291,7 @@ def convert_librispeech(
     rows = []
     for transcripts in files:
         folder = Path(audio_dir) if audio_dir is not None else transcripts.parent
-        for line in transcripts.read_text(encoding="utf-8").splitlines():
+        for line in transcripts.read_text(encoding=TEXT_ENCODING).splitlines():
             utterance, _, words = line.strip().partition(" ")
             if utterance:
                 path = folder / f"{utterance}{audio_extension}"
@@ -301,7 +302,7 @@ def convert_librispeech(
 def _read_metadata(root: Path) -> list[dict]:
     """An audiofolder's `metadata.jsonl` or `metadata.csv`."""
     if (root / "metadata.jsonl").is_file():
-        lines = (root / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = (root / "metadata.jsonl").read_text(encoding=TEXT_ENCODING).splitlines()
         return _require_rows([json.loads(line) for line in lines if line.strip()], root / "metadata.jsonl")
     if (root / "metadata.csv").is_file():
         return _read_csv(root / "metadata.csv")
