@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "partial", "oom", "unavailable", "error", "timeout")
+STATUSES = ("ok", "oom", "unavailable", "error", "timeout")
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Schema (a JSON-Schema subset; validated by `validate` below, no third-party dependency)
@@ -253,7 +253,7 @@ def find_point(points: list[dict], variant: str, na: int) -> dict | None:
 def resolve(points: list[dict], ref: dict):
     """The value a reference names: a scalar as is, a list of raw samples as its median; None when missing."""
     point = find_point(points, ref["variant"], ref["na"])
-    if point is None or point["status"] not in ("ok", "partial"):
+    if point is None or point["status"] != "ok":
         return None
     value = point
     for key in ref["path"].split("."):
@@ -465,7 +465,7 @@ def lal_activation_fit(points: list[dict]) -> dict | None:
     """Least-squares line of LAL activation bytes per sample vs Na (the in-process sweep, else the sweep's points)."""
     samples: dict[int, float] = {}
     for point in points:
-        if point["variant"] != "lal" or point["status"] not in ("ok", "partial"):
+        if point["variant"] != "lal" or point["status"] != "ok":
             continue
         if "activation_bytes" in point["memory"]:
             samples.setdefault(point["na"], point["memory"]["activation_bytes"] / point["batch"])
@@ -557,7 +557,7 @@ def markdown(results: dict, title: str) -> str:
         ]
         for row in rows:
             v = row["variant"]
-            if row["status"] not in ("ok", "partial"):
+            if row["status"] != "ok":
                 point = find_point(results["points"], v, na)
                 reason = (point.get("reason") or "").strip().splitlines()
                 lines.append(f"| {v} | {row['status']}: {reason[-1][:120] if reason else ''} |" + " |" * 13)
@@ -624,7 +624,7 @@ def plots(results: dict, directory: Path, prefix: str) -> list[Path]:
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    rows = [row for row in results["summary"]["per_point"] if row["status"] in ("ok", "partial")]
+    rows = [row for row in results["summary"]["per_point"] if row["status"] == "ok"]
     na_points = sorted({row["na"] for row in results["summary"]["per_point"]})
     fig, axes = plt.subplots(2, 4, figsize=(19, 8.5))
     for ax, (metric, label, per_sample) in zip(axes.flat, PLOTS):

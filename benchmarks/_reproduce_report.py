@@ -454,7 +454,7 @@ def efficiency_rows(path: Path) -> tuple[dict[str, dict], str | None]:
     if not nas:
         return {}, None
     na = EFFICIENCY_NA if EFFICIENCY_NA in nas else nas[0]
-    rows = {row["variant"]: row for row in per_point if row["na"] == na and row.get("status") in ("ok", "partial")}
+    rows = {row["variant"]: row for row in per_point if row["na"] == na and row.get("status") == "ok"}
     shape = results.get("settings", {}).get("shape_name", "?")
     note = f"`{path.name}` (mode {results.get('mode', '?')}, shape `{shape}`, Na = {na}, batch {rows and next(iter(rows.values()))['batch']})"
     return rows, note

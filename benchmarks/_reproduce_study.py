@@ -8,6 +8,7 @@ Imports torch and the library; the report side (`_reproduce_report.py`) does not
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -16,6 +17,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -190,6 +192,25 @@ def evaluation_settings(rows_per_task: int) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _building(target: Path):
+    """A fresh temporary directory next to `target`, renamed to `target` when the block completes, removed if not."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
+    try:
+        yield tmp
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _loads(data: Path) -> bool:
+    try:
+        return set(EVAL_SPLITS) | {"train"} <= set(load_from_disk(str(data)))
+    except Exception:  # noqa: BLE001 - any failure to load means: not a finished build
+        return False
+
+
 def build_smoke_inputs(directory: Path) -> tuple[Path, Path]:
     """A tiny PAL-Synth (`directory/data`) and tiny random components llm / whisper / clap (`directory/components`)."""
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
@@ -198,22 +219,30 @@ def build_smoke_inputs(directory: Path) -> tuple[Path, Path]:
     from modeling_pal.training.tiny import build_tiny_components
 
     data, components = directory / "data", directory / "components"
-    if not (data / "dataset_dict.json").is_file():
-        build_pal_synth(SMOKE_SYNTH_SIZE, seed=0).save_to_disk(str(data))
-    if not (components / "clap" / "preprocessor_config.json").is_file():
-        build_tiny_components(load_from_disk(str(data))["train"], components, seed=0)
-        torch.manual_seed(0)
-        clap = ClapModel(ClapConfig(text_config=SMOKE_CLAP_TEXT, audio_config=SMOKE_CLAP_AUDIO, projection_dim=16))
-        clap.save_pretrained(components / "clap")
-        ClapFeatureExtractor(
-            feature_size=16,
-            sampling_rate=16000,
-            hop_length=160,
-            max_length_s=1,
-            fft_window_size=400,
-            frequency_max=8000,
-            truncation="rand_trunc",
-        ).save_pretrained(components / "clap")
+    # Each is built in a temporary sibling and renamed into place: a run killed half-way leaves no directory that a
+    # later run would take for a finished one.
+    if data.is_dir() and not _loads(data):  # left incomplete by a run of an earlier version (built in place)
+        shutil.rmtree(data)
+    if components.is_dir() and not (components / "clap" / "preprocessor_config.json").is_file():
+        shutil.rmtree(components)
+    if not data.is_dir():
+        with _building(data) as tmp:
+            build_pal_synth(SMOKE_SYNTH_SIZE, seed=0).save_to_disk(str(tmp))
+    if not components.is_dir():
+        with _building(components) as tmp:
+            build_tiny_components(load_from_disk(str(data))["train"], tmp, seed=0)
+            torch.manual_seed(0)
+            clap = ClapModel(ClapConfig(text_config=SMOKE_CLAP_TEXT, audio_config=SMOKE_CLAP_AUDIO, projection_dim=16))
+            clap.save_pretrained(tmp / "clap")
+            ClapFeatureExtractor(
+                feature_size=16,
+                sampling_rate=16000,
+                hop_length=160,
+                max_length_s=1,
+                fft_window_size=400,
+                frequency_max=8000,
+                truncation="rand_trunc",
+            ).save_pretrained(tmp / "clap")
     return data, components
 
 

@@ -336,5 +336,13 @@ def main(spec_path: str, out_path: str) -> int:
     return 0
 
 
+def main_capturing_stderr(spec_path: str, out_path: str, stderr_path: str) -> int:
+    """`main` with this process's stderr (fd 2: Python, libgomp, the allocator) going to `stderr_path`."""
+    sys.stderr.flush()
+    with open(stderr_path, "wb", buffering=0) as log:
+        os.dup2(log.fileno(), 2)
+    return main(spec_path, out_path)
+
+
 if __name__ == "__main__":
     sys.exit(main(*sys.argv[1:3]))

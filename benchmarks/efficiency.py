@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from _args import fraction, non_negative_int, positive_float, positive_int, positive_int_list  # noqa: E402
 from _report import SCHEMA_VERSION, markdown, plots, summarize, validate  # noqa: E402
 from _variants import SHAPES, VARIANT_HELP, VARIANTS, batch_for  # noqa: E402
 
@@ -68,6 +69,15 @@ REPORT_SECTIONS = {
 }
 
 
+# Options that change what a run measures (or whether a point ends up measured, oom or timeout): a --quick or full run
+# with any of them is labelled "custom" and never writes the mode's default result file.
+MEASUREMENT_OPTIONS = (
+    "device", "shape", "dtype", "variants", "na", "nt", "batch", "large_na", "repeats", "max_e2e_na",
+    "pal_lal_fraction", "threads", "memory_limit_gb", "point_timeout", "omp_wait_policy", "allocator", "seed",
+    "launcher", "simulate_oom_na",
+)  # fmt: skip
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
@@ -80,47 +90,80 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="JSON",
         help="recompute the FLOP model and the summary of an existing result file from its raw points (no timing)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", help="cpu (default) or cuda")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="model shapes (default: cpu; smoke for --smoke)")
     parser.add_argument("--dtype", help="default: bfloat16 on CUDA and for the paper shapes, float32 otherwise")
-    parser.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
-    parser.add_argument("--na", help="comma-separated Na points (overrides the mode's)")
-    parser.add_argument("--nt", type=int, help="text positions per sample")
-    parser.add_argument("--batch", type=int, help="batch size (Na ≤ --large-na)")
-    parser.add_argument("--large-na", type=int, help="batch 1 above this Na (full sweep: 2000); 0 = never")
-    parser.add_argument("--repeats", type=int, help="timed repeats of every measurement")
+    parser.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (duplicates dropped)")
+    parser.add_argument(
+        "--na", type=positive_int_list, help="comma-separated Na points ≥ 1 (overrides the mode's; duplicates dropped)"
+    )
+    parser.add_argument("--nt", type=positive_int, help="text positions per sample")
+    parser.add_argument("--batch", type=positive_int, help="batch size (Na ≤ --large-na)")
+    parser.add_argument(
+        "--large-na", type=non_negative_int, help="batch 1 above this Na (full sweep: 2000); 0 = never"
+    )
+    parser.add_argument("--repeats", type=positive_int, help="timed repeats of every measurement")
     parser.add_argument(
         "--max-e2e-na",
-        type=int,
+        type=non_negative_int,
         help="end-to-end step / prefill only up to this Na (full CPU sweep: 2000, to fit 30 minutes); 0 = always",
     )
-    parser.add_argument("--pal-lal-fraction", type=float, default=0.5, help="PAL: share of Na that CLAP sends via LAL")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per worker")
-    parser.add_argument("--memory-limit-gb", type=float, help="address-space limit per CPU worker (OOM → 'oom')")
-    parser.add_argument("--point-timeout", type=float, default=1800, help="seconds before a point is 'timeout'")
+    parser.add_argument(
+        "--pal-lal-fraction", type=fraction, help="PAL: share of Na that CLAP sends via LAL (default 0.5)"
+    )
+    parser.add_argument("--threads", type=positive_int, help="torch threads per worker (default: all CPUs)")
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=positive_float,
+        help="address-space limit per CPU worker (OOM → 'oom'; default: 60 %% of available memory, at most 16 GiB)",
+    )
+    parser.add_argument(
+        "--point-timeout", type=positive_float, help="seconds before a point is 'timeout' (default 1800)"
+    )
     parser.add_argument(
         "--omp-wait-policy",
-        default="PASSIVE",
         help="OMP_WAIT_POLICY of the workers: PASSIVE (default) keeps shared, oversubscribed cores usable; "
         "ACTIVE spins (slightly faster on an idle machine, 10-30× slower on a busy one)",
     )
     parser.add_argument(
         "--allocator",
         choices=["tcmalloc", "system"],
-        default="tcmalloc",
         help="malloc of the workers: tcmalloc (default, when installed) keeps freed memory for the next step; glibc's "
         "returns large blocks to the OS and page-faults them back every step (10-20 %% of a CPU step here)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="default 0")
     parser.add_argument(
         "--launcher",
         choices=["forkserver", "exec"],
         help="how points get their own process (default: forkserver on CPU, exec on CUDA)",
     )
-    parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/efficiency-<mode>.json)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="result JSON (default: benchmarks/results/efficiency-<mode>.json; a custom run: efficiency-custom.json)",
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md and plots")
     parser.add_argument("--simulate-oom-na", type=int, help=argparse.SUPPRESS)  # test hook: points at Na ≥ N 'oom'
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    defaults = dict(
+        device="cpu", pal_lal_fraction=0.5, threads=os.cpu_count(), point_timeout=1800.0, omp_wait_policy="PASSIVE",
+        allocator="tcmalloc", seed=0,
+    )  # fmt: skip
+    args.customised = sorted(
+        name
+        for name in MEASUREMENT_OPTIONS
+        if getattr(args, name) is not None and getattr(args, name) != defaults.get(name, object())
+    )
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.variants is not None:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if not variants or unknown:
+            parser.error(f"--variants: unknown variants {unknown}; known: {','.join(VARIANTS)}")
+        args.variants = list(dict.fromkeys(variants))  # one point per (variant, Na)
+    return args
 
 
 def environment(args, device: str) -> dict:
@@ -210,19 +253,47 @@ class Launcher:
             try:
                 with preloading(self.allocator):
                     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-            except subprocess.TimeoutExpired:
-                return None, ""
+            except subprocess.TimeoutExpired as error:
+                stderr = error.stderr or ""
+                return None, stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
             return proc.returncode, proc.stderr
         import _worker
 
-        process = self.context.Process(target=_worker.main, args=(str(spec_path), str(out_path)))
+        stderr_path = spec_path.with_name("stderr.txt")
+        process = self.context.Process(
+            target=_worker.main_capturing_stderr, args=(str(spec_path), str(out_path), str(stderr_path))
+        )
         process.start()
         process.join(timeout)
         if process.is_alive():
             process.kill()
             process.join()
-            return None, ""
-        return process.exitcode, ""
+            returncode = None
+        else:
+            returncode = process.exitcode
+        stderr = stderr_path.read_text(errors="replace") if stderr_path.exists() else ""
+        return returncode, stderr
+
+
+# A worker that died with one of these in its stderr failed to allocate memory (under the address-space limit of
+# --memory-limit-gb: torch, tcmalloc, glibc, or libgomp failing to map a new thread's stack).
+ALLOCATION_FAILURES = (
+    "out of memory", "cannot allocate memory", "can't allocate memory", "not enough memory", "bad_alloc",
+    "memoryerror", "allocation failed", "thread creation failed",
+)  # fmt: skip
+
+
+def crash_point(returncode: int | None, stderr: str, timeout: float) -> tuple[str, str]:
+    """(status, reason) of a point whose worker timed out, was killed or exited without a result."""
+    tail = stderr.strip()[-1500:]
+    if returncode is None:
+        return "timeout", f"no result within {timeout:.0f} s" + (f"; stderr: {tail}" if tail else "")
+    if returncode == -9:  # the kernel's OOM killer sends SIGKILL (so does anyone running kill -9)
+        reason = "killed by SIGKILL, most likely the kernel's OOM killer"
+        return "oom", reason + (f"; stderr: {tail}" if tail else "")
+    how = f"killed by signal {-returncode}" if returncode < 0 else f"exit {returncode}"
+    status = "oom" if any(marker in tail.lower() for marker in ALLOCATION_FAILURES) else "error"
+    return status, f"{how}: {tail}" if tail else f"{how} (nothing on stderr)"
 
 
 def run_point(spec: dict, timeout: float, launcher: Launcher) -> dict:
@@ -234,13 +305,12 @@ def run_point(spec: dict, timeout: float, launcher: Launcher) -> dict:
         point = json.loads(out_path.read_text()) if out_path.exists() else None
     base = {key: spec[key] for key in ("variant", "na", "batch", "nt")}
     empty = {"timings": {}, "timings_cpu": {}, "memory": {}, "kv_cache": {}, "tokens": {}, "flops": {}, "params": {}}
-    if returncode is None:
-        return {**base, **empty, **(point or {}), "status": "timeout", "reason": f"no result within {timeout:.0f} s"}
-    if returncode != 0 or point is None:
-        killed = returncode is not None and returncode < 0 and -returncode == 9
-        status = "oom" if killed else "error"
-        reason = "killed by SIGKILL (the kernel's OOM killer)" if killed else f"exit {returncode}: {stderr[-1500:]}"
+    if returncode is None or returncode != 0 or point is None:
+        status, reason = crash_point(returncode, stderr, timeout)
         return {**base, **empty, **(point or {}), "status": status, "reason": reason}
+    tail = stderr.strip()[-500:]
+    if point["status"] in ("oom", "error") and tail and tail not in (point["reason"] or ""):
+        point["reason"] = f"{point['reason'] or ''}; stderr: {tail}"  # e.g. the allocator's own message
     return point
 
 
@@ -314,33 +384,30 @@ def main(argv=None) -> int:
             return 2
     shape_name = args.shape or mode["shape"]
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") or shape_name == "paper" else "float32")
-    variants = args.variants.split(",") if args.variants else list(VARIANTS)
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        print(f"error: unknown variants {sorted(unknown)}; known: {VARIANTS}", file=sys.stderr)
-        return 2
+    variants = list(args.variants) if args.variants else list(VARIANTS)
     if "text" not in variants:
         variants.insert(0, "text")  # the reference of every ratio
-    na_points = [int(x) for x in args.na.split(",")] if args.na else mode["na"]
+    na_points = args.na if args.na is not None else mode["na"]
     large_na = mode["large_na"] if args.large_na is None else (args.large_na or None)
-    repeats = {key: args.repeats for key in mode["repeats"]} if args.repeats else mode["repeats"]
+    repeats = {key: args.repeats for key in mode["repeats"]} if args.repeats is not None else mode["repeats"]
     on_gpu = device.startswith("cuda")  # the CPU time-budget cuts (fewer repeats, no e2e at large Na) do not apply
-    large_repeats = repeats if args.repeats or on_gpu else mode.get("large_repeats", repeats)
+    large_repeats = repeats if args.repeats is not None or on_gpu else mode.get("large_repeats", repeats)
     max_e2e_na = (None if on_gpu else mode["max_e2e_na"]) if args.max_e2e_na is None else (args.max_e2e_na or None)
-    customised = any(value is not None for value in (args.na, args.nt, args.batch, args.shape, args.variants))
-    output = args.output or RESULTS / (
-        f"efficiency-{mode_name}.json"
-        if mode_name != "full"
-        else f"efficiency-paper-{'cuda' if on_gpu else 'cpu'}.json"
-        if shape_name == "paper"
-        else "efficiency-cpu.json"
-    )
+    custom = bool(args.customised) and mode_name != "smoke"
+    if args.output is not None:
+        output = args.output
+    elif mode_name == "full" and shape_name == "paper":
+        output = RESULTS / f"efficiency-paper-{'cuda' if on_gpu else 'cpu'}.json"
+    elif custom:  # never overwrite the quick / full result with a run measured differently
+        output = RESULTS / "efficiency-custom.json"
+    else:
+        output = RESULTS / ("efficiency-cpu.json" if mode_name == "full" else f"efficiency-{mode_name}.json")
     settings = {
         "shape_name": shape_name,
         "shape": SHAPES[shape_name],
-        "nt": args.nt or mode["nt"],
+        "nt": mode["nt"] if args.nt is None else args.nt,
         "na_points": na_points,
-        "batch": args.batch or mode["batch"],
+        "batch": mode["batch"] if args.batch is None else args.batch,
         "large_na": large_na,
         "variants": variants,
         "variant_help": {v: VARIANT_HELP[v] for v in variants},
@@ -353,13 +420,16 @@ def main(argv=None) -> int:
         "pal_lal_fraction": args.pal_lal_fraction,
         "dtype": dtype,
         "seed": args.seed,
-        "memory_limit_bytes": None if device.startswith("cuda") else args.memory_limit_gb and int(
-            args.memory_limit_gb * 2**30
-        ) or default_memory_limit(),
-    }  # fmt: skip
+        "memory_limit_bytes": None
+        if on_gpu
+        else default_memory_limit()
+        if args.memory_limit_gb is None
+        else int(args.memory_limit_gb * 2**30),
+        "customised": args.customised,
+    }
     results = {
         "schema_version": SCHEMA_VERSION,
-        "mode": "custom" if customised and mode_name != "smoke" else mode_name,
+        "mode": "custom" if custom else mode_name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "complete": False,
         "environment": environment(args, device),

@@ -41,6 +41,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
+from _args import non_negative_int_list, positive_float, positive_int  # noqa: E402
 from _reproduce_report import VARIANT_ORDER, validate, write_report  # noqa: E402
 
 RESULTS = HERE / "results" / "reproduce"
@@ -60,7 +61,12 @@ FULL_COMMAND = ".venv/bin/python benchmarks/reproduce.py --seeds 0,1,2"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(VARIANT_ORDER), help="comma-separated, from: %(default)s")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default %(default)s)")
+    parser.add_argument(
+        "--seeds",
+        type=non_negative_int_list,
+        default="0,1,2",
+        help="comma-separated seeds ≥ 0 (default %(default)s; duplicates dropped)",
+    )
     parser.add_argument("--components", type=Path, help=f"pretrained llm/, whisper/, clap/ (default {COMPONENTS})")
     parser.add_argument("--data", type=Path, help=f"PAL-Synth save_to_disk directory (default {DATA})")
     parser.add_argument("--smoke", action="store_true", help="tiny random components + a tiny PAL-Synth (seconds)")
@@ -70,31 +76,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, help=f"training outputs (default {WORK}; smoke {SMOKE_WORK})")
     parser.add_argument("--efficiency", type=Path, default=EFFICIENCY, help="efficiency benchmark JSON to cite")
     parser.add_argument(
-        "--rows-per-task", type=int, help=f"evaluation rows per task and split (default {ROWS_PER_TASK})"
+        "--rows-per-task", type=positive_int, help=f"evaluation rows per task and split (default {ROWS_PER_TASK})"
     )
     parser.add_argument(
         "--stage-seconds",
-        type=float,
+        type=positive_float,
         help=f"every stage's max_seconds (default {STAGE_SECONDS:g}; smoke: the recipe's)",
     )
     parser.add_argument(
         "--time-limit-minutes",
-        type=float,
+        type=positive_float,
         help=f"start no run that could end past this ({RUN_LIMIT_MINUTES:g} min each)",
     )
     parser.add_argument("--force", action="store_true", help="rerun finished runs too")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's stage models in the work dir")
     args = parser.parse_args(argv)
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.variants = list(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))  # order kept
     unknown = sorted(set(args.variants) - set(VARIANT_ORDER))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANT_ORDER)}")
-    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     work = args.work_dir or (SMOKE_WORK if args.smoke else WORK)
     args.work_dir = work
     args.results = args.results or (work / "results" if args.smoke else RESULTS)
     args.docs = args.docs or (work / "results.md" if args.smoke else DOCS)
-    args.rows_per_task = args.rows_per_task or (1 if args.smoke else ROWS_PER_TASK)
+    if args.rows_per_task is None:
+        args.rows_per_task = 1 if args.smoke else ROWS_PER_TASK
     if args.stage_seconds is None and not args.smoke:
         args.stage_seconds = STAGE_SECONDS
     return args

@@ -56,7 +56,7 @@ def check_results(results: dict) -> None:
 
     for row in summary["per_point"]:
         point = next(p for p in results["points"] if p["variant"] == row["variant"] and p["na"] == row["na"])
-        if point["status"] not in ("ok", "partial"):
+        if point["status"] != "ok":
             assert row["llm_step_s"] is None
             continue
         for key, raw in (
@@ -83,7 +83,7 @@ def check_results(results: dict) -> None:
         assert ratio["value"] == pytest.approx(recompute(ratio["formula"], values), rel=1e-12), ratio["name"]
 
     for fit in summary["fits"]:
-        lal = [p for p in results["points"] if p["variant"] == "lal" and p["status"] in ("ok", "partial")]
+        lal = [p for p in results["points"] if p["variant"] == "lal" and p["status"] == "ok"]
         raw = {e["na"]: e["activation_bytes"] / e["batch"] for p in lal for e in p["memory"].get("sweep", [])}
         for p in lal:
             raw.setdefault(p["na"], p["memory"]["activation_bytes"] / p["batch"])
@@ -245,3 +245,105 @@ def test_paper_shapes_build_on_meta_device():
     assert 1.1e9 < llm_params < 1.3e9  # Llama-3.2-1B: 1.24 B with tied embeddings
     assert config.lal_layers == list(range(4, 16))
     assert math.isclose(sum(p.numel() for p in model.model.audio_towers[0].parameters()) / 1e6, 635, rel_tol=0.02)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line: custom runs, argument validation, crash reasons (no measurement: the launcher is faked or crashes)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class FakeLauncher:
+    def __init__(self, kind, allocator):
+        self.kind = kind
+
+
+def fake_point(spec, timeout, launcher):
+    empty = {"timings": {}, "timings_cpu": {}, "memory": {}, "kv_cache": {}, "tokens": {}, "flops": {}, "params": {}}
+    return {**{key: spec[key] for key in ("variant", "na", "batch", "nt")}, **empty, "status": "error", "reason": "x"}
+
+
+@pytest.fixture
+def dry_main(monkeypatch, tmp_path):
+    """`efficiency.main` with results under tmp_path and every point a fake error (no process, no timing)."""
+    import efficiency
+
+    monkeypatch.setattr(efficiency, "RESULTS", tmp_path)
+    monkeypatch.setattr(efficiency, "Launcher", FakeLauncher)
+    monkeypatch.setattr(efficiency, "run_point", fake_point)
+    return efficiency.main
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--repeats", "1"], ["--max-e2e-na", "1"], ["--pal-lal-fraction", "0.9"], ["--dtype", "bfloat16"],
+        ["--memory-limit-gb", "4"], ["--point-timeout", "1"], ["--threads", "3"], ["--seed", "1"],
+        ["--allocator", "system"], ["--na", "48"], ["--variants", "lal"],
+    ],
+)  # fmt: skip
+def test_quick_run_with_a_measurement_option_is_custom_and_keeps_the_quick_file(dry_main, tmp_path, option):
+    dry_main(["--quick", "--variants", "lal", "--na", "48", *option] if option[0] == "--na" else ["--quick", *option])
+    assert not (tmp_path / "efficiency-quick.json").exists()
+    results = json.loads((tmp_path / "efficiency-custom.json").read_text())
+    assert results["mode"] == "custom" and option[0][2:].replace("-", "_") in results["settings"]["customised"]
+
+
+def test_plain_quick_run_is_quick_and_duplicates_are_dropped(dry_main, tmp_path):
+    dry_main(["--quick", "--pal-lal-fraction", "0.5"])  # an option at its default value is no customisation
+    results = json.loads((tmp_path / "efficiency-quick.json").read_text())
+    assert results["mode"] == "quick" and results["settings"]["customised"] == []
+    dry_main(["--quick", "--variants", "lal,lal,plits", "--na", "48,48", "--output", str(tmp_path / "d.json")])
+    results = json.loads((tmp_path / "d.json").read_text())
+    assert [(p["variant"], p["na"]) for p in results["points"]] == [("text", 48), ("lal", 48), ("plits", 48)]
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--na", "0"], ["--na", "-5"], ["--na", "abc"], ["--na", "48,0"], ["--batch", "-2"], ["--batch", "0"],
+        ["--repeats", "-1"], ["--repeats", "0"], ["--nt", "0"], ["--memory-limit-gb", "0"],
+        ["--memory-limit-gb", "-1"], ["--point-timeout", "-1"], ["--large-na", "-1"], ["--max-e2e-na", "-1"],
+        ["--threads", "0"], ["--pal-lal-fraction", "1.5"], ["--variants", "lal,nope"],
+    ],
+)  # fmt: skip
+def test_bad_option_values_exit_2_with_a_message(capsys, option):
+    import efficiency
+
+    with pytest.raises(SystemExit) as exit_info:
+        efficiency.parse_args(["--smoke", *option])
+    assert exit_info.value.code == 2
+    assert option[0] in capsys.readouterr().err
+
+
+def test_zero_keeps_its_documented_meaning():
+    import efficiency
+
+    args = efficiency.parse_args(["--large-na", "0", "--max-e2e-na", "0"])
+    assert args.large_na == 0 and args.max_e2e_na == 0
+
+
+def test_crash_reasons(tmp_path):
+    """Forkserver workers' stderr is kept; allocation failures are 'oom'; a SIGKILL is worded as likely OOM."""
+    import efficiency
+
+    class Crash:
+        def __init__(self, returncode, stderr):
+            self.result = returncode, stderr
+
+        def run(self, spec_path, out_path, timeout):
+            return self.result
+
+    spec = {"variant": "lal", "na": 48, "batch": 2, "nt": 16}
+    gomp = "libgomp: Thread creation failed: Cannot allocate memory\n"
+    point = efficiency.run_point(spec, 10, Crash(1, gomp))
+    assert point["status"] == "oom" and "Thread creation failed" in point["reason"]
+    point = efficiency.run_point(spec, 10, Crash(-9, ""))
+    assert point["status"] == "oom" and "most likely the kernel's OOM killer" in point["reason"]
+    point = efficiency.run_point(spec, 10, Crash(1, "Traceback ...\nValueError: boom\n"))
+    assert point["status"] == "error" and "ValueError: boom" in point["reason"]
+
+    # a real forkserver worker that dies before it writes a result: its traceback is the reason
+    launcher = efficiency.Launcher("forkserver", None)
+    (tmp_path / "spec.json").write_text("{}")
+    returncode, stderr = launcher.run(tmp_path / "spec.json", tmp_path / "out.json", 120)
+    assert returncode == 1 and "KeyError: 'variant'" in stderr

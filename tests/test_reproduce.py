@@ -6,6 +6,7 @@ a rerun skips finished runs, `--report-only` rebuilds the results page; the reci
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,39 @@ def test_verdict_rule():
     assert at_chance["verdict"] == "inconclusive" and "chance" in at_chance["reason"]
     one_seed = report.compare(stat([0.9]), stat([0.1]), "better")
     assert one_seed["verdict"] == "inconclusive" and "seeds" in one_seed["reason"]
+
+
+def test_bad_option_values_exit_2(capsys):
+    import reproduce
+
+    for option in (["--rows-per-task", "0"], ["--rows-per-task", "-3"], ["--seeds", "abc"], ["--seeds", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            reproduce.parse_args(["--smoke", *option])
+        assert exit_info.value.code == 2 and option[0] in capsys.readouterr().err, option
+    args = reproduce.parse_args(["--smoke", "--variants", "lal,lal,plits", "--seeds", "1,1,0"])
+    assert args.variants == ["lal", "plits"] and args.seeds == [1, 0]
+
+
+def test_smoke_inputs_survive_an_interrupted_build(tmp_path, monkeypatch):
+    """A build killed after dataset_dict.json was written (splits incomplete) does not block later runs."""
+    import datasets
+
+    original = datasets.DatasetDict.save_to_disk
+
+    def killed_half_way(self, path, **kwargs):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "dataset_dict.json").write_text(json.dumps({"splits": list(self)}))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        study.build_smoke_inputs(tmp_path)
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", original)
+    data, components = study.build_smoke_inputs(tmp_path)
+    assert set(datasets.load_from_disk(str(data))) >= {"train", *study.EVAL_SPLITS}
+    assert (components / "clap" / "preprocessor_config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["components", "data"]  # no temporary left
+    # a directory left incomplete by an earlier version (built in place) is rebuilt too
+    shutil.rmtree(data / "train")
+    data, _ = study.build_smoke_inputs(tmp_path)
+    assert len(datasets.load_from_disk(str(data))["train"]) == study.SMOKE_SYNTH_SIZE
