@@ -6,61 +6,62 @@ import argparse
 import math
 
 
+def _parsed(text: str, cast: type, kind: str):
+    try:
+        value = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _integer(text: str, minimum: int) -> int:
+    value = _parsed(text, int, "an integer")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} must be ≥ {minimum}")
+    return value
+
+
+def _integers(text: str, minimum: int) -> list[int]:
+    """A comma-separated list of integers ≥ `minimum`, duplicates dropped (order kept)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers ≥ {minimum}")
+    return list(dict.fromkeys(_integer(item, minimum) for item in items))
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer ≥ 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be ≥ 1")
-    return value
+    return _integer(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """argparse type: an integer ≥ 0 (for options where 0 has a documented meaning)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be ≥ 0")
-    return value
+    return _integer(text, 0)
 
 
 def positive_int_list(text: str) -> list[int]:
     """argparse type: a comma-separated list of integers ≥ 1, duplicates dropped (order kept)."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers ≥ 1")
-    return list(dict.fromkeys(positive_int(item) for item in items))
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
-    return value
+    return _integers(text, 1)
 
 
 def non_negative_int_list(text: str) -> list[int]:
     """argparse type: a comma-separated list of integers ≥ 0, duplicates dropped (order kept)."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers ≥ 0")
-    return list(dict.fromkeys(non_negative_int(item) for item in items))
+    return _integers(text, 0)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _parsed(text, float, "a number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
+    return value
 
 
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _parsed(text, float, "a number")
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1]")
     return value

@@ -10,7 +10,7 @@ and `test_compositional`; 3 seeds each. Writes one JSON per (variant, seed) to `
     python benchmarks/reproduce.py                              # 7 variants × seeds 0,1,2: ≤ 4 min each, ≤ 100 min
     python benchmarks/reproduce.py --variants lal,plits --seeds 0 --time-limit-minutes 30
     python benchmarks/reproduce.py --report-only                # rebuild docs/results.md from the JSONs
-    python benchmarks/reproduce.py --smoke --results /tmp/r --docs /tmp/r.md   # tiny components, seconds
+    python benchmarks/reproduce.py --smoke --results /tmp/r --docs /tmp/r.md   # tiny components, ~2 minutes
 
 Variants: plits, lal, pal, hybrid, lal_layer0, lal_frozen_ffn, lal_clap (see `_reproduce_study.VARIANTS`).
 Each run: the three stages with `max_seconds` 45 (`--stage-seconds`), greedy answers on 16 rows per task and split
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--components", type=Path, help=f"pretrained llm/, whisper/, clap/ (default {COMPONENTS})")
     parser.add_argument("--data", type=Path, help=f"PAL-Synth save_to_disk directory (default {DATA})")
-    parser.add_argument("--smoke", action="store_true", help="tiny random components + a tiny PAL-Synth (seconds)")
+    parser.add_argument("--smoke", action="store_true", help="tiny random components + a tiny PAL-Synth (~2 minutes)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the results page from the run JSONs")
     parser.add_argument("--results", type=Path, help=f"run JSON directory (default {RESULTS}; smoke: under work)")
     parser.add_argument("--docs", type=Path, help=f"results page (default {DOCS}; smoke: under work)")

@@ -1,7 +1,8 @@
 """Evaluate a PAL checkpoint on a dataset of PAL's schema: batched greedy answers, per-task metrics, MMAU export.
 
-python examples/evaluate_pal.py --model outputs/demo/stage3 --dataset data/pal_synth --split test --output r.json
-python examples/evaluate_pal.py --model outputs/demo/stage3 --dataset data/pal_synth \
+python examples/evaluate_pal.py --model outputs/demo/curriculum/stage3 --dataset outputs/demo/pal_synth \
+    --split test --output r.json
+python examples/evaluate_pal.py --model outputs/demo/curriculum/stage3 --dataset outputs/demo/pal_synth \
     --split test test_compositional --output "eval-{split}.json"
 """
 
@@ -18,11 +19,12 @@ from transformers import AutoModelForMultimodalLM, AutoProcessor
 import modeling_pal  # noqa: F401  (registers PAL with the Auto classes)
 from modeling_pal.evaluation import to_mmau_records, write_mmau_json
 from modeling_pal.evaluation.runner import generate_answers, markdown_table, score_predictions, without_audio
+from modeling_pal.hub import checkpoint_argument
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="PAL checkpoint directory or Hub id")
+    parser.add_argument("--model", required=True, type=checkpoint_argument, help="PAL checkpoint directory or Hub id")
     parser.add_argument("--dataset", required=True, help="a DatasetDict saved with save_to_disk")
     parser.add_argument("--split", nargs="+", default=["test"], help="one or more splits, scored one by one")
     parser.add_argument(

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor
 
 import modeling_pal  # noqa: F401  (registers PAL with the Auto classes)
-from modeling_pal.hub import check_components, hub_api, upload_repository, write_repository
+from modeling_pal.hub import check_components, folder_argument, hub_api, upload_repository, write_repository
 
 
 def base_model_entry(item: str) -> tuple[str, str]:
@@ -24,7 +24,9 @@ def base_model_entry(item: str) -> tuple[str, str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a PAL checkpoint directory (model + processor)")
+    parser.add_argument(
+        "--model", required=True, type=folder_argument, help="a PAL checkpoint directory (model + processor)"
+    )
     parser.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--dry-run", metavar="DIR", help="write the repository into DIR and upload nothing")

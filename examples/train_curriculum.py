@@ -16,7 +16,13 @@ import logging
 
 from accelerate import PartialState
 
+from modeling_pal.hub import folder_argument
 from modeling_pal.training import CurriculumResult, run_curriculum
+
+
+def components_argument(text: str) -> str:
+    """`tiny`, or an existing components folder (a missing one would be reported as an invalid Hub repo id)."""
+    return text if text == "tiny" else folder_argument(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--trainer", choices=("hf", "trl"), default="hf", help="Trainer or TRL's SFTTrainer")
     parser.add_argument("--lora", action="store_true", help="train the LLM through LoRA adapters")
-    parser.add_argument("--components", default=None, help="overrides the recipe's components directory")
+    parser.add_argument(
+        "--components", type=components_argument, default=None, help="overrides the recipe's components directory"
+    )
     parser.add_argument("--data", default=None, help="overrides the recipe's dataset (a save_to_disk directory)")
     return parser.parse_args(argv)
 

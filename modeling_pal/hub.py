@@ -1,5 +1,6 @@
 """Publishing PAL checkpoints: the repository exactly as uploaded (safetensors, remote code, processor, model card)."""
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -76,6 +77,23 @@ def base_models(config, overrides: dict[str, str] | None = None) -> dict[str, st
 
 def _is_hub_id(name: str) -> bool:
     return bool(name) and not os.path.isabs(name) and name.count("/") == 1 and not Path(name).exists()
+
+
+def checkpoint_argument(text: str) -> str:
+    """
+    argparse type of a checkpoint option: an existing folder or a Hub id (`namespace/name`). A missing folder that
+    cannot be a Hub id is refused by name (Transformers would call it an invalid repo id).
+    """
+    if Path(text).is_dir() or _is_hub_id(text):
+        return text
+    raise argparse.ArgumentTypeError(f"no such checkpoint folder: {text}")
+
+
+def folder_argument(text: str) -> str:
+    """argparse type of an option that takes an existing local folder."""
+    if Path(text).is_dir():
+        return text
+    raise argparse.ArgumentTypeError(f"no such folder: {text}")
 
 
 def build_model_card(config, repo_id: str, models: dict[str, str], recipe: dict | None, evaluation: dict | None):

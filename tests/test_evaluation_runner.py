@@ -152,9 +152,13 @@ def test_evaluate_script_needs_a_split_placeholder_for_several_splits(dataset_di
 
 
 def test_evaluate_script_checks_the_splits_before_loading_the_model(dataset_dir, tmp_path):
+    (tmp_path / "empty").mkdir()  # no model in it: only the split check can stop the script before loading
     command = evaluate_command(
-        tmp_path / "no-model", dataset_dir, "--split", "test", "nosuch", "--output", "{split}.json"
+        tmp_path / "empty", dataset_dir, "--split", "test", "nosuch", "--output", "{split}.json"
     )
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 1 and "no split 'nosuch'" in result.stderr
     assert "available: test, test_compositional, train, validation" in result.stderr
+    missing = evaluate_command(tmp_path / "runs" / "stage3", dataset_dir, "--split", "test", "--output", "r.json")
+    result = subprocess.run(missing, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "no such checkpoint folder" in result.stderr

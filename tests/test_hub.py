@@ -161,14 +161,18 @@ def push_script():
     return script
 
 
-def test_malformed_base_model_entry_is_a_usage_error(push_script, capsys):
+def test_malformed_base_model_entry_or_missing_model_folder_is_a_usage_error(push_script, capsys, tmp_path):
     with pytest.raises(SystemExit):
-        push_script.parse_args(["--model", "m", "--repo-id", REPO_ID, "--base-model", "llm"])
+        push_script.parse_args(["--model", str(tmp_path), "--repo-id", REPO_ID, "--base-model", "llm"])
     assert "expected COMPONENT=HUB_ID" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not a Hub repo id error: the folder is named
+        push_script.parse_args(["--model", str(tmp_path / "stage9"), "--repo-id", REPO_ID])
+    assert f"no such folder: {tmp_path / 'stage9'}" in capsys.readouterr().err
 
 
 def test_push_checks_the_hub_before_loading_the_model(push_script, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "not-loaded").mkdir()  # holds no model: loading it first would fail otherwise
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE=1"):
         push_script.main(["--model", str(tmp_path / "not-loaded"), "--repo-id", REPO_ID])
 
