@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from datasets import load_from_disk
 
 from modeling_pal.training.cpu import preload_environment, tcmalloc_library
 
@@ -45,6 +46,12 @@ def step(title: str, command: list[str]) -> float:
 def build_data(work: Path, size: int | None) -> tuple[Path, float]:
     data = work / "pal_synth"
     if (data / "dataset_dict.json").exists():
+        cached = load_from_disk(str(data))["train"].num_rows
+        if size is not None and size != cached:
+            raise SystemExit(
+                f"{data} holds a PAL-Synth of {cached} train rows, not --size {size}: remove it or use "
+                "another --work-dir"
+            )
         print(f"\n=== PAL-Synth: cached in {data}")
         return data, 0.0
     command = [sys.executable, "-m", "modeling_pal.data.synth", "--out", str(data)]
