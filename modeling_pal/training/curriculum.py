@@ -352,7 +352,8 @@ def plot_losses(stages: Sequence[StageResult], path: str | Path) -> None:
             axes.plot(*zip(*points), marker=".", label=f"stage {result.stage}: {result.name}")
         offset += max((entry.get("step", 0) for entry in result.log_history), default=0)
     axes.set(xlabel="optimizer step", ylabel="training loss", title="PAL curriculum")
-    axes.legend()
+    if axes.lines:  # no stage logged a loss (fewer steps than logging_steps): nothing to label
+        axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
