@@ -122,7 +122,7 @@ def pretrain_components(
 
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point; prints the metrics as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="PAL-Synth directory (from `python -m modeling_pal.data.synth`)")
     parser.add_argument("--out", required=True, help="output directory for llm/, whisper/, clap/ and manifest.json")
     parser.add_argument(
