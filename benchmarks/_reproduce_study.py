@@ -89,30 +89,6 @@ SMOKE_SYNTH_SIZE = 30
 SMOKE_ROWS_PER_TASK = 1
 SMOKE_STEPS = 2
 # A tiny CLAP (1 s windows at 16 kHz; HTSAT on a 64 × 64 spectrogram → 32 tokens of 128 per window)
-SMOKE_CLAP_AUDIO = dict(
-    spec_size=64,
-    num_mel_bins=16,
-    patch_size=4,
-    patch_stride=4,
-    window_size=4,
-    depths=[1, 1],
-    num_attention_heads=[2, 2],
-    patch_embeds_hidden_size=32,
-    hidden_size=64,
-    projection_dim=16,
-    enable_fusion=False,
-)
-SMOKE_CLAP_TEXT = dict(
-    vocab_size=99,
-    hidden_size=16,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=32,
-    projection_dim=16,
-    max_position_embeddings=40,
-)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Recipes
 # ----------------------------------------------------------------------------------------------------------------------
@@ -213,10 +189,8 @@ def _loads(data: Path) -> bool:
 
 def build_smoke_inputs(directory: Path) -> tuple[Path, Path]:
     """A tiny PAL-Synth (`directory/data`) and tiny random components llm / whisper / clap (`directory/components`)."""
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
-
     from modeling_pal.data.synth import build_pal_synth
-    from modeling_pal.training.tiny import build_tiny_components
+    from modeling_pal.training.tiny import build_tiny_components, save_tiny_clap
 
     data, components = directory / "data", directory / "components"
     # Each is built in a temporary sibling and renamed into place: a run killed half-way leaves no directory that a
@@ -232,17 +206,7 @@ def build_smoke_inputs(directory: Path) -> tuple[Path, Path]:
         with _building(components) as tmp:
             build_tiny_components(load_from_disk(str(data))["train"], tmp, seed=0)
             torch.manual_seed(0)
-            clap = ClapModel(ClapConfig(text_config=SMOKE_CLAP_TEXT, audio_config=SMOKE_CLAP_AUDIO, projection_dim=16))
-            clap.save_pretrained(tmp / "clap")
-            ClapFeatureExtractor(
-                feature_size=16,
-                sampling_rate=16000,
-                hop_length=160,
-                max_length_s=1,
-                fft_window_size=400,
-                frequency_max=8000,
-                truncation="rand_trunc",
-            ).save_pretrained(tmp / "clap")
+            save_tiny_clap(tmp / "clap")
     return data, components
 
 

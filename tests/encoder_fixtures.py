@@ -11,9 +11,6 @@ from transformers import (
     ASTConfig,
     ASTFeatureExtractor,
     ASTForAudioClassification,
-    ClapConfig,
-    ClapFeatureExtractor,
-    ClapModel,
     Data2VecAudioConfig,
     Data2VecAudioModel,
     HubertConfig,
@@ -23,31 +20,10 @@ from transformers import (
     Wav2Vec2ForCTC,
 )
 
+from modeling_pal.training.tiny import save_tiny_clap
+
 __all__ = ["tiny_encoder_dir"]
 
-# 1 s CLAP windows of 101 mel frames; HTSAT on a 64×64 "image" with one patch merge → (64, 2, 32): 32 tokens of 128
-CLAP_AUDIO = dict(
-    spec_size=64,
-    num_mel_bins=16,
-    patch_size=4,
-    patch_stride=4,
-    window_size=4,
-    depths=[1, 1],
-    num_attention_heads=[2, 2],
-    patch_embeds_hidden_size=32,
-    hidden_size=64,
-    projection_dim=16,
-    enable_fusion=False,
-)
-CLAP_TEXT = dict(
-    vocab_size=99,
-    hidden_size=16,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=32,
-    projection_dim=16,
-    max_position_embeddings=40,
-)
 # 64 filterbank frames (0.655 s: 63 hops + one 25 ms frame) per window; 4×4 patches → a 4 × 16 patch grid,
 # 16 tokens per window
 AST = dict(
@@ -81,20 +57,6 @@ WAVEFORM_FAMILIES = {
 }
 
 
-def save_clap(out) -> None:
-    config = ClapConfig(text_config=CLAP_TEXT, audio_config=CLAP_AUDIO, projection_dim=16)
-    ClapModel(config).save_pretrained(out)
-    ClapFeatureExtractor(
-        feature_size=16,
-        sampling_rate=16000,
-        hop_length=160,
-        max_length_s=1,
-        fft_window_size=400,
-        frequency_max=8000,
-        truncation="rand_trunc",
-    ).save_pretrained(out)
-
-
 def save_ast(out) -> None:
     ASTForAudioClassification(ASTConfig(**AST)).save_pretrained(out)
     ASTFeatureExtractor(num_mel_bins=16, max_length=64).save_pretrained(out)
@@ -116,7 +78,7 @@ def tiny_encoder_dir(tmp_path_factory, tiny_whisper_dir):
             torch.manual_seed(0)
             out = tmp_path_factory.mktemp(f"encoder-{family}")
             if family == "clap":
-                save_clap(out)
+                save_tiny_clap(out)
             elif family == "ast":
                 save_ast(out)
             else:

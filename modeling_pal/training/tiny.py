@@ -8,6 +8,9 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from transformers import (
+    ClapConfig,
+    ClapFeatureExtractor,
+    ClapModel,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
@@ -35,6 +38,47 @@ TINY_WHISPER = {
     "decoder_ffn_dim": 64,
 }
 WINDOW_SECONDS = 2
+
+
+# 1 s CLAP windows of 101 mel frames; HTSAT on a 64×64 "image" with one patch merge → (64, 2, 32): 32 tokens of 128
+TINY_CLAP_AUDIO = dict(
+    spec_size=64,
+    num_mel_bins=16,
+    patch_size=4,
+    patch_stride=4,
+    window_size=4,
+    depths=[1, 1],
+    num_attention_heads=[2, 2],
+    patch_embeds_hidden_size=32,
+    hidden_size=64,
+    projection_dim=16,
+    enable_fusion=False,
+)
+TINY_CLAP_TEXT = dict(
+    vocab_size=99,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    projection_dim=16,
+    max_position_embeddings=40,
+)
+
+
+def save_tiny_clap(out_dir: str | Path) -> None:
+    """A tiny random `ClapModel` (weights from the current torch seed) and its 16 kHz feature extractor."""
+    ClapModel(ClapConfig(text_config=TINY_CLAP_TEXT, audio_config=TINY_CLAP_AUDIO, projection_dim=16)).save_pretrained(
+        out_dir
+    )
+    ClapFeatureExtractor(
+        feature_size=16,
+        sampling_rate=16000,
+        hop_length=160,
+        max_length_s=1,
+        fft_window_size=400,
+        frequency_max=8000,
+        truncation="rand_trunc",
+    ).save_pretrained(out_dir)
 
 
 def build_tiny_components(train_split: Dataset, out_dir: str | Path, seed: int = 0) -> dict[str, str]:
