@@ -56,6 +56,7 @@ POINT = {
                 name: NUM_LIST
                 for name in (
                     "llm_step_s",
+                    "llm_warmup_step_s",
                     "e2e_step_s",
                     "encoder_forward_s",
                     "prefill_s",

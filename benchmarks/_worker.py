@@ -208,9 +208,9 @@ def run(spec: dict, result: dict, save) -> None:
         return run_step
 
     llm_step = step(bench.llm_loss)
-    for _ in range(warmup if spec.get("warmup_max_na") is None or na <= spec["warmup_max_na"] else 0):
-        llm_step()
+    warmup_steps = warmup if spec.get("warmup_max_na") is None or na <= spec["warmup_max_na"] else 0
     timings, cpu = result["timings"], result["timings_cpu"]
+    timings["llm_warmup_step_s"], cpu["llm_warmup_step_s"] = clock.series(llm_step, warmup_steps)
     timings["llm_step_s"], cpu["llm_step_s"] = clock.series(llm_step, repeats["step"])
     save()
     if variant != "text":

@@ -46,7 +46,7 @@ MODES = {
     # mode: shape, Na points, Nt, batch, Na above which batch is 1, repeats, warm-up steps, decode tokens
     "quick": dict(
         shape="cpu", na=[500], nt=64, batch=4, large_na=None, max_e2e_na=None,
-        repeats={"step": 5, "e2e": 1, "generate": 2, "prefill_e2e": 1}, warmup=3, decode_tokens=16,
+        repeats={"step": 4, "e2e": 1, "generate": 2, "prefill_e2e": 1}, warmup=2, decode_tokens=16,
         activation_sweep=[125, 250, 500, 1000, 2000],
     ),
     "full": dict(
