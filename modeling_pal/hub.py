@@ -28,7 +28,7 @@ selected layers).
 |---|---|---|---|---|
 {encoder_rows}
 
-- LLM: `{text_model}` ({num_layers} layers); LAL layers: {lal_layers}
+- LLM: {text_model} ({num_layers} layers); LAL layers: {lal_layers}
 - LAL audio visibility: `{visibility}`; audio K/V source: `{kv_source}`; audio RoPE: `{audio_rope}`
 
 ## Usage
@@ -96,6 +96,11 @@ def folder_argument(text: str) -> str:
     raise argparse.ArgumentTypeError(f"no such folder: {text}")
 
 
+def _component_cell(name: str) -> str:
+    """A component as the card names it: its Hub id, never a local path (meaningless, and private, on the Hub)."""
+    return f"`{name}`" if _is_hub_id(name) else "local checkpoint"
+
+
 def build_model_card(config, repo_id: str, models: dict[str, str], recipe: dict | None, evaluation: dict | None):
     """A `ModelCard` whose metadata names every Hub base model, with a config summary, recipe and results."""
     hub_ids = sorted({name for name in models.values() if _is_hub_id(name)})
@@ -107,14 +112,15 @@ def build_model_card(config, repo_id: str, models: dict[str, str], recipe: dict 
         license="apache-2.0",
     )
     encoder_rows = "\n".join(
-        f"| {s['name']} | `{models.get(s['name'], '')}` | {s['integration']} | {s['projector']} | {s['downsample']} |"
+        f"| {s['name']} | {_component_cell(models.get(s['name'], ''))} | {s['integration']} | {s['projector']} "
+        f"| {s['downsample']} |"
         for s in config.audio_encoders
     )
     content = CARD_TEMPLATE.format(
         repo_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         encoder_rows=encoder_rows,
-        text_model=models.get(TEXT_MODEL_KEY, ""),
+        text_model=_component_cell(models.get(TEXT_MODEL_KEY, "")),
         num_layers=config.text_config.num_hidden_layers,
         lal_layers=config.lal_layers or "none",
         visibility=config.lal_audio_visibility,

@@ -20,7 +20,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoConfig
 
 from modeling_pal import PalForConditionalGeneration, PalProcessor
-from modeling_pal.hub import PICKLE_SUFFIXES, base_models, evaluation_table, write_repository
+from modeling_pal.hub import PICKLE_SUFFIXES, base_models, build_model_card, evaluation_table, write_repository
 
 REPO_ID = "org/pal"
 BASE_MODELS = {"llm": "meta-llama/Llama-3.2-1B-Instruct", "whisper": "openai/whisper-large-v3"}
@@ -124,6 +124,18 @@ def test_card_links_only_the_paper(published):
     _, _, folder = published
     links = re.findall(r"\]\((\S+?)\)", (folder / "README.md").read_text())
     assert links == ["https://arxiv.org/abs/2506.10423"]
+
+
+def test_card_names_components_by_hub_id_and_never_by_local_path(published, tiny_llm_dir, tiny_whisper_dir):
+    model, _, _ = published
+    local = base_models(model.config)  # the tiny components' temporary folders
+    assert local == {"llm": tiny_llm_dir("llama"), "whisper": tiny_whisper_dir}
+    card = build_model_card(model.config, REPO_ID, local, recipe=None, evaluation=None)
+    assert tiny_llm_dir("llama") not in card.text and tiny_whisper_dir not in card.text
+    assert "- LLM: local checkpoint (" in card.text and "| whisper | local checkpoint |" in card.text
+    assert card.data.base_model is None
+    card = build_model_card(model.config, REPO_ID, {**local, "whisper": BASE_MODELS["whisper"]}, None, None)
+    assert "| whisper | `openai/whisper-large-v3` |" in card.text and card.data.base_model == [BASE_MODELS["whisper"]]
 
 
 def test_evaluation_table_shows_metrics_with_their_chance_level():
