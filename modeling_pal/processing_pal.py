@@ -107,8 +107,14 @@ def _as_samples(value: object) -> np.ndarray:
 
 
 def _as_array(value: object) -> np.ndarray:
-    """An array or tensor (on any device) as a numpy array of its own dtype."""
-    return np.asarray(value.cpu() if hasattr(value, "cpu") else value)
+    """
+    An array or tensor (on any device, requiring grad or not) as a numpy array: float tensors as float32 (numpy has no
+    bfloat16), other tensors and arrays in their own dtype.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.float() if value.is_floating_point() else value).numpy()
+    return np.asarray(value)
 
 
 def _pcm_to_float(samples: np.ndarray) -> np.ndarray:

@@ -219,6 +219,15 @@ def test_a_list_of_lists_is_a_list_of_mono_clips(pal):
     assert all(torch.equal(listed[name], expected[name]) for name in expected)
 
 
+def test_float_tensors_of_any_dtype_are_taken(pal):
+    """bfloat16 (which numpy lacks), float16 and float64 tensors, and tensors that require grad, are read as floats."""
+    _, processor = pal()
+    tensor = torch.from_numpy(tones(1.0, RATE))
+    for clip in (tensor.bfloat16(), tensor.half(), tensor.double(), tensor.clone().requires_grad_()):
+        expected = processor(text=ask(processor, 1), audio=[clip.detach().float().numpy()])["audio_features_0"]
+        assert torch.equal(processor(text=ask(processor, 1), audio=[clip])["audio_features_0"], expected), clip.dtype
+
+
 def test_integer_pcm_is_scaled_like_the_file(pal, tmp_path):
     """int16 as `scipy.io.wavfile.read` returns it equals the file; every integer dtype is scaled by its range."""
     _, processor = pal()
