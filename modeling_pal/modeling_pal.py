@@ -26,6 +26,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_pal import (
     AST_FAMILY,
@@ -1107,6 +1108,7 @@ class PalModel(PalPreTrainedModel):
         marker_rank = markers.long().cumsum(dim=1)
         return visible & (clip[:, None, :] < marker_rank[:, :, None])
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1218,6 +1220,7 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
         """See `PalModel.encode_audio`."""
         return self.model.encode_audio(**audio_inputs)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -133,3 +133,16 @@ def test_chunked_prefill_and_audio_with_a_filled_cache_are_refused(pal_model, ex
     expected = greedy(model, follow_up)
     assert_varied(expected)
     assert torch.equal(greedy(model, text, cache=copy.deepcopy(first.cache)), expected)
+
+
+def test_deprecated_past_key_values_keyword_is_the_cache(pal_model, extractor):
+    """Transformers 5.24 still takes `past_key_values=` (renamed `cache`) with a warning: a decoding step must use it."""
+    model = sharpened(pal_model("llama", "lal"))
+    inputs = build_inputs(model, extractor, SAMPLES[:1])
+    with torch.no_grad():
+        prefill = model(**inputs, use_cache=True)
+        ids = torch.cat([inputs["input_ids"], prefill.logits[:, -1:].argmax(-1)], dim=1)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            step = model(input_ids=ids[:, -1:], past_key_values=prefill.cache, attention_mask=torch.ones_like(ids))
+        expected = last_logits(model, {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    torch.testing.assert_close(step.logits[:, -1], expected)
