@@ -27,6 +27,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_pal import (
     AST_FAMILY,
@@ -1108,6 +1109,7 @@ class PalModel(PalPreTrainedModel):
         marker_rank = markers.long().cumsum(dim=1)
         return visible & (clip[:, None, :] < marker_rank[:, :, None])
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -1119,7 +1121,7 @@ class PalModel(PalPreTrainedModel):
         use_cache: bool | None = None,
         audio_embeds: dict | list | None = None,
         **kwargs,
-    ) -> PalModelOutputWithPast:
+    ) -> tuple | PalModelOutputWithPast:
         """
         Args:
             input_ids: `(batch, seq_len)` text with PLITS placeholders and one audio marker per LAL clip.
@@ -1220,6 +1222,7 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
         """See `PalModel.encode_audio`."""
         return self.model.encode_audio(**audio_inputs)
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -1245,7 +1248,7 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
         audio_window_clip_3: torch.LongTensor | None = None,
         audio_embeds: dict | list | None = None,
         **kwargs,
-    ) -> PalCausalLMOutputWithPast:
+    ) -> tuple | PalCausalLMOutputWithPast:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(batch, seq_len)`):
@@ -1284,6 +1287,7 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             audio_embeds=audio_embeds,
+            return_dict=True,
             **audio_inputs,
             **kwargs,
         )

@@ -287,3 +287,16 @@ def test_encoder_layer_out_of_range_is_refused_at_build(pal_model):
         config.audio_encoders[0]["layer"] = layer
         with pytest.raises(ValueError, match=f"'whisper': layer {layer} is out of range"):
             modeling_pal.modeling_pal.PalModel(config)
+
+
+def test_return_dict_false_gives_tuples(pal_model, extractor):
+    """`return_dict=False`, as for any Transformers model: `(loss, logits, …)` and `(last_hidden_state, …)`."""
+    model = pal_model("llama", "lal")
+    inputs = build_inputs(model, extractor, [[prompt(3), clip(1.0, 16), prompt(3, 40)]])
+    labels = text_labels(model.config, inputs)
+    with torch.no_grad():
+        expected = model(**inputs, labels=labels)
+        loss, logits = model(**inputs, labels=labels, return_dict=False)[:2]
+        hidden = model.model(**inputs, return_dict=False)[0]
+    assert torch.equal(loss, expected.loss) and torch.equal(logits, expected.logits)
+    assert torch.equal(hidden, model.model(**inputs).last_hidden_state)
