@@ -18,7 +18,13 @@ from transformers import AutoModelForMultimodalLM, AutoProcessor
 
 import modeling_pal  # noqa: F401  (registers PAL with the Auto classes)
 from modeling_pal.evaluation import to_mmau_records, write_mmau_json
-from modeling_pal.evaluation.runner import generate_answers, markdown_table, score_predictions, without_audio
+from modeling_pal.evaluation.runner import (
+    generate_answers,
+    markdown_table,
+    reference_groups,
+    score_predictions,
+    without_audio,
+)
 from modeling_pal.hub import checkpoint_argument
 
 
@@ -53,8 +59,10 @@ def load_splits(path: str, splits: Sequence[str]) -> DatasetDict:
 
 
 def evaluate_split(model, processor, rows, batch_size: int, max_new_tokens: int) -> tuple[dict, list[str]]:
-    predictions = generate_answers(model, processor, rows, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    return score_predictions(rows, predictions), predictions
+    """Generates and scores the answers of `rows`, grouping them by clip once for both steps."""
+    groups = reference_groups(rows)
+    predictions = generate_answers(model, processor, rows, batch_size, max_new_tokens, groups=groups)
+    return score_predictions(rows, predictions, groups=groups), predictions
 
 
 def evaluate_and_write(model, processor, rows, split: str, args: argparse.Namespace) -> None:

@@ -1,5 +1,6 @@
 """The evaluation script end to end on a tiny PAL and a tiny PAL-Synth: per-task metrics, table, MMAU export."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import soundfile
 from modeling_pal import PalForConditionalGeneration, PalProcessor
 from modeling_pal.data.converters import convert_clotho
 from modeling_pal.data.synth import build_pal_synth
-from modeling_pal.evaluation import MMAU_FIELDS, load_metric, validate_mmau_records
+from modeling_pal.evaluation import MMAU_FIELDS, load_metric, runner, validate_mmau_records
 from modeling_pal.evaluation.runner import (
     CHOICE_TASKS,
     generate_answers,
@@ -107,6 +108,31 @@ def test_only_rows_with_the_same_prompt_share_a_generation():
     assert reference_groups(rows) == [[0, 2], [1], [3]]  # same clip and question, other earlier turn: not shared
     decoded = [{**rows[0], "audio": np.zeros(160, dtype=np.float32)}] * 2
     assert reference_groups(decoded) == [[0], [1]]
+
+
+@pytest.fixture(scope="module")
+def evaluate_script():
+    spec = importlib.util.spec_from_file_location("evaluate_pal", REPO / "examples" / "evaluate_pal.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_a_split_reads_its_clips_once_to_group_them(evaluate_script, dataset_dir, checkpoint, monkeypatch):
+    """Grouping reads every clip's path or bytes: generation and scoring share one pass."""
+    from datasets import load_from_disk
+
+    passes = []
+    clip_identities = runner._clip_identities
+    monkeypatch.setattr(runner, "_clip_identities", lambda rows: passes.append(len(rows)) or clip_identities(rows))
+    rows = load_from_disk(str(dataset_dir))["test"]
+    rows = rows.select([i for i, task in enumerate(rows["task"]) if task in CHOICE_TASKS][:4])  # no Java to start
+    model, processor = (
+        PalForConditionalGeneration.from_pretrained(checkpoint),
+        PalProcessor.from_pretrained(checkpoint),
+    )
+    metrics, predictions = evaluate_script.evaluate_split(model, processor, rows, batch_size=4, max_new_tokens=2)
+    assert passes == [4] and len(predictions) == 4 and metrics
 
 
 def evaluate_command(checkpoint: Path, dataset_dir: Path, *args: str) -> list[str]:

@@ -87,12 +87,15 @@ def reference_groups(rows) -> list[list[int]]:
     return list(groups.values())
 
 
-def generate_answers(model, processor, rows, batch_size: int = 16, max_new_tokens: int = 32) -> list[str]:
+def generate_answers(
+    model, processor, rows, batch_size: int = 16, max_new_tokens: int = 32, groups: list[list[int]] | None = None
+) -> list[str]:
     """
     Greedy answers for `rows` (a `datasets.Dataset` or list of dicts), one per row, batched, with a progress bar. The
-    rows of a `reference_groups` group (one clip's captions) share one generation.
+    rows of a `reference_groups` group (one clip's captions) share one generation; pass `groups` when they are
+    already computed (they read every clip's path or bytes).
     """
-    groups = reference_groups(rows)
+    groups = reference_groups(rows) if groups is None else groups
     generated = _generate(model, processor, rows, [group[0] for group in groups], batch_size, max_new_tokens)
     answers = [""] * len(rows)
     for group, answer in zip(groups, generated):
@@ -120,17 +123,18 @@ def _generate(model, processor, rows, indices: list[int], batch_size: int, max_n
     return answers
 
 
-def score_predictions(rows, predictions: list[str]) -> dict[str, dict]:
+def score_predictions(rows, predictions: list[str], groups: list[list[int]] | None = None) -> dict[str, dict]:
     """
     Per-task metrics: accuracy (answer parsed from the generated text among the row's choices, else compared as
     normalised text) and its chance level (`None` without choices) for closed tasks, WER/CER for transcription,
     CIDEr-D / ROUGE-L / METEOR (SPICE / SPIDEr where available) for captions and open QA, each clip's prediction
     (its group's first) scored against all the answers of its `reference_groups` group. `count` is the number of
-    rows scored, for captions and open QA the number of groups.
+    rows scored, for captions and open QA the number of groups. `groups`: the rows' `reference_groups`, when already
+    computed.
     """
     from . import load_metric
 
-    groups = reference_groups(rows)
+    groups = reference_groups(rows) if groups is None else groups
     rows = list(without_audio(rows))
     by_task: dict[str, list[list[int]]] = {}
     for group in groups:
