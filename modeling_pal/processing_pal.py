@@ -703,10 +703,16 @@ class PalProcessor(ProcessorMixin):
             owners.extend([(index, position, order)] * len(pieces))
         features, mask = adapter.featurize(extractor, windows, size)
         tokens = num_encoder_tokens(self._encoder_configs[slot], mask.sum(-1), mask.shape[-1])
-        plits = [num_plits_tokens(settings, int(count), self.num_summary_tokens) for count in tokens]
-        counts = [0] * len(flat)
-        for (_, _, clip), count in zip(owners, plits):
-            counts[clip] += count
+        clip_tokens, counts = [0] * len(flat), [0] * len(flat)
+        for (_, _, clip), count in zip(owners, tokens.tolist()):
+            clip_tokens[clip] += count
+            counts[clip] += num_plits_tokens(settings, count, self.num_summary_tokens)
+        for (index, position, (samples, rate)), count in zip(flat, clip_tokens):
+            if count == 0:  # the model would have nothing to attend to, nor any embedding to place
+                raise ValueError(
+                    f"Audio of prompt {index}, clip {position} is too short for encoder slot {slot} "
+                    f"({settings['name']}): {1000 * len(samples) / rate:.1f} ms give it no token"
+                )
         return _batch_windows(slot, len(clips), owners, features, mask), counts
 
     def _multimodal_inputs_from_conversations(

@@ -417,6 +417,19 @@ def test_clap_features_equal_the_extractors_zero_padded_window(composed):
     torch.testing.assert_close(inputs["audio_features_0"][0, 0], expected["input_features"][0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("integration", ("lal", "plits"))
+def test_clip_without_an_encoder_token_raises(integration, composed):
+    """
+    A clip shorter than one AST frame (25 ms) gives AST no token: it is refused, naming the clip and the encoder
+    (LAL crashed in the model's reshape, PLITS dropped the clip from the text without a word). One frame is enough.
+    """
+    _, processor = composed(("ast",), integration)
+    assert processor(text=ask(processor, 1), audio=noise(0.025, 72))["audio_feature_mask_0"].sum() == 1
+    texts = [ask(processor, 1), ask(processor, 1, 2)]
+    with pytest.raises(ValueError, match=r"prompt 1, clip 1 is too short for encoder slot 0 \(ast\): 24\.9 ms give"):
+        processor(text=texts, audio=[noise(1.0, 70), noise(1.0, 71), noise(0.0249, 72)])
+
+
 def test_ast_full_window_frames_every_sample_and_short_remainder_is_padding(composed):
     """
     A full AST window is `max_length` whole frames (63 hops + one 25 ms frame = 10 480 samples): all 64 frames are
