@@ -11,7 +11,14 @@ from contextlib import nullcontext
 from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor
 
 import modeling_pal  # noqa: F401  (registers PAL with the Auto classes)
-from modeling_pal.hub import check_components, folder_argument, hub_api, upload_repository, write_repository
+from modeling_pal.hub import (
+    check_components,
+    empty_folder_argument,
+    folder_argument,
+    hub_api,
+    upload_repository,
+    write_repository,
+)
 
 
 def base_model_entry(item: str) -> tuple[str, str]:
@@ -29,7 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
     parser.add_argument("--private", action="store_true")
-    parser.add_argument("--dry-run", metavar="DIR", help="write the repository into DIR and upload nothing")
+    parser.add_argument(
+        "--dry-run",
+        metavar="DIR",
+        type=empty_folder_argument,
+        help="write the repository into DIR (missing or empty) and upload nothing",
+    )
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the cached login)")
     parser.add_argument(
         "--base-model",

@@ -96,6 +96,22 @@ def folder_argument(text: str) -> str:
     raise argparse.ArgumentTypeError(f"no such folder: {text}")
 
 
+def check_empty_folder(path: str | Path) -> None:
+    """Raises a `FileExistsError` unless `path` is missing or an empty folder, so what is written there is all it holds."""
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        raise FileExistsError(f"{path} exists and is not an empty folder: the repository is written into a new one")
+
+
+def empty_folder_argument(text: str) -> str:
+    """argparse type of an option that takes a missing or empty folder to write into."""
+    try:
+        check_empty_folder(text)
+    except FileExistsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return text
+
+
 def _component_cell(name: str) -> str:
     """A component as the card names it: its Hub id, never a local path (meaningless, and private, on the Hub)."""
     return f"`{name}`" if _is_hub_id(name) else "local checkpoint"
@@ -148,8 +164,10 @@ def write_repository(model, processor, out_dir: str | Path, repo_id: str, base_m
     Writes the repository exactly as it would be uploaded: safetensors weights (sharded when large), config with
     `auto_map`, the remote-code files, processor and tokenizer files, generation config and `README.md`.
     The training recipe (`pal_recipe.yaml`) and evaluation report (`pal_eval.json`) of `source_dir` are included
-    when present. Raises if anything pickled ended up in the folder.
+    when present. `out_dir` must be missing or empty, so that it holds nothing else. Raises if anything pickled ended
+    up in the folder.
     """
+    check_empty_folder(out_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, max_shard_size="2GB")

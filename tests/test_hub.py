@@ -182,6 +182,18 @@ def test_malformed_base_model_entry_or_missing_model_folder_is_a_usage_error(pus
     assert f"no such folder: {tmp_path / 'stage9'}" in capsys.readouterr().err
 
 
+def test_dry_run_writes_only_into_a_new_or_empty_folder(published, push_script, capsys, tmp_path):
+    """A stale file (an old shard, a previous run's `pal_eval.json`) would sit beside what would be uploaded."""
+    model, processor, _ = published
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"stale")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        write_repository(model, processor, tmp_path, REPO_ID)
+    with pytest.raises(SystemExit):  # refused before the model loads
+        push_script.parse_args(["--model", str(tmp_path), "--repo-id", REPO_ID, "--dry-run", str(tmp_path)])
+    assert f"{tmp_path} exists and is not an empty folder" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model-00001-of-00002.safetensors"]
+
+
 def test_push_checks_the_hub_before_loading_the_model(push_script, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "not-loaded").mkdir()  # holds no model: loading it first would fail otherwise
