@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from datasets import Audio
 
 from modeling_pal.data import (
     PAL_FEATURES,
@@ -22,6 +23,7 @@ from modeling_pal.data import (
     convert_openaqa,
     to_pal_dataset,
 )
+from modeling_pal.processing_pal import load_audio, resample
 
 
 def write_audio(path: Path, seconds: float = 0.5, rate: int = 22050) -> Path:
@@ -232,3 +234,21 @@ def test_audiofolder_row_without_a_text_value_raises_naming_it(tmp_path, metadat
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.wav", "label": "dog"}\n' + metadata + "\n")
     with pytest.raises(ValueError, match=r"row 'b\.wav' has no 'label' value"):
         convert_audiofolder(tmp_path)
+
+
+def test_stereo_sources_are_stored_mono_as_the_processor_hears_them(tmp_path):
+    rate = 22050
+    time = np.arange(rate) / rate
+    stereo = np.stack([0.5 * np.sin(2 * np.pi * 440 * time), 0.25 * np.sin(2 * np.pi * 660 * time)], axis=1)
+    soundfile.write(tmp_path / "stereo.wav", stereo, rate)
+    write_audio(tmp_path / "mono.wav", seconds=1.0, rate=rate)
+    records = [{"file_name": "stereo.wav", "caption": "Two tones."}, {"file_name": "mono.wav", "caption": "A tone."}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(map(json.dumps, records)))
+    dataset = convert_audiofolder(tmp_path)
+    check_rows(dataset, "captioning", ["stereo.wav", "mono.wav"])
+    stereo_samples, mono_samples = (row["audio"].get_all_samples().data for row in dataset)
+    assert stereo_samples.shape[0] == mono_samples.shape[0] == 1
+    expected = resample(*load_audio(str(tmp_path / "stereo.wav")), 16000)  # the processor's down-mix
+    np.testing.assert_allclose(stereo_samples[0].numpy(), expected, atol=1e-4)
+    stored = dataset.cast_column("audio", Audio(decode=False))["audio"]
+    assert stored[1]["path"] == str(tmp_path / "mono.wav")  # mono files stay paths

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import soundfile
 from datasets import Dataset
 from tqdm.auto import tqdm
 
@@ -65,9 +66,13 @@ def labelled_row(row_id: str, audio: object, task: str, text: str, choices: Sequ
 
 
 def _decode(value: object) -> tuple[object, float]:
-    """Validates one audio value: returns what the `audio` column stores and the clip's duration in seconds."""
+    """
+    Validates one audio value: returns what the `audio` column stores and the clip's duration in seconds. A mono file
+    is stored as its path; anything else is stored decoded, down-mixed as the processor does, at 16 kHz (a
+    multi-channel file kept as a path would decode to several channels).
+    """
     samples, rate = load_audio(value, SAMPLING_RATE)
-    if isinstance(value, (str, Path)):
+    if isinstance(value, (str, Path)) and soundfile.info(str(value)).channels == 1:
         return {"path": str(Path(value).absolute()), "bytes": None}, len(samples) / rate
     return {"array": resample(samples, rate, SAMPLING_RATE), "sampling_rate": SAMPLING_RATE}, len(samples) / rate
 
@@ -79,7 +84,8 @@ def to_pal_dataset(rows: Iterable[dict], on_bad_audio: str = "raise") -> Dataset
     Args:
         rows: dicts with `id`, `audio`, `task`, `question` and `answer`, and optionally any other schema column.
             `audio` may be a path, a `{"array", "sampling_rate"}` / `{"path"}` / `{"bytes"}` dict, a 1-D array at
-            16 kHz, or a `datasets` `AudioDecoder`; paths stay paths, other values are stored decoded at 16 kHz.
+            16 kHz, or a `datasets` `AudioDecoder`; paths to mono files stay paths, other values (multi-channel
+            files included) are stored decoded and down-mixed to mono at 16 kHz.
         on_bad_audio: `"raise"` (default) raises the decoding error, prefixed with the row's id and audio;
             `"skip"` drops such rows and warns once with their count.
 
