@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from datasets import load_from_disk
 
+from modeling_pal.hub import positive_int
 from modeling_pal.training.cpu import preload_environment, tcmalloc_library
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,8 +28,10 @@ TCMALLOC = tcmalloc_library()
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default=str(REPO / "outputs" / "demo"))
-    parser.add_argument("--size", type=int, default=None, help="PAL-Synth train rows (default: the module's)")
-    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N rows per split")
+    parser.add_argument("--size", type=positive_int, default=None, help="PAL-Synth train rows (default: the module's)")
+    parser.add_argument(
+        "--eval-limit", type=positive_int, default=None, help="evaluate only the first N rows per split"
+    )
     return parser.parse_args()
 
 

@@ -25,22 +25,24 @@ from modeling_pal.evaluation.runner import (
     score_predictions,
     without_audio,
 )
-from modeling_pal.hub import checkpoint_argument
+from modeling_pal.hub import checkpoint_argument, folder_argument, positive_int
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=checkpoint_argument, help="PAL checkpoint directory or Hub id")
-    parser.add_argument("--dataset", required=True, help="a DatasetDict saved with save_to_disk")
+    parser.add_argument(
+        "--dataset", required=True, type=folder_argument, help="a DatasetDict folder written by save_to_disk"
+    )
     parser.add_argument("--split", nargs="+", default=["test"], help="one or more splits, scored one by one")
     parser.add_argument(
         "--output", required=True, help="JSON report (metrics, predictions); with several splits it must hold {split}"
     )
     parser.add_argument("--mmau-output", help="multiple-choice predictions in MMAU's JSON format ({split} as above)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--limit", type=int, help="evaluate the first N rows only")
-    args = parser.parse_args()
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="rows per generate() call")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32)
+    parser.add_argument("--limit", type=positive_int, help="evaluate the first N rows of each split only")
+    args = parser.parse_args(argv)
     for path in (args.output, args.mmau_output):
         if len(args.split) > 1 and path and "{split}" not in path:
             parser.error(f"with several splits, output paths must contain {{split}}; got {path!r}")

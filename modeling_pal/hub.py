@@ -89,6 +89,13 @@ def checkpoint_argument(text: str) -> str:
     raise argparse.ArgumentTypeError(f"no such checkpoint folder: {text}")
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count or size: an integer ≥ 1 (0 must not silently mean "all" or crash later)."""
+    if text.strip().lstrip("+").isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
+
+
 def folder_argument(text: str) -> str:
     """argparse type of an option that takes an existing local folder."""
     if Path(text).is_dir():

@@ -135,6 +135,22 @@ def test_a_split_reads_its_clips_once_to_group_them(evaluate_script, dataset_dir
     assert passes == [4] and len(predictions) == 4 and metrics
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--dataset", "runs/no-such-data"], "no such folder: runs/no-such-data"),
+        (["--limit", "0"], "--limit: expected an integer ≥ 1, got '0'"),  # evaluated every row
+        (["--batch-size", "0"], "--batch-size: expected an integer ≥ 1, got '0'"),  # range() arg 3 must not be zero
+        (["--max-new-tokens", "-1"], "--max-new-tokens: expected an integer ≥ 1, got '-1'"),
+    ],
+)
+def test_evaluate_script_rejects_bad_options_by_name(option, message, evaluate_script, dataset_dir, capsys):
+    argv = ["--model", str(dataset_dir), "--dataset", str(dataset_dir), "--output", "r.json", *option]
+    with pytest.raises(SystemExit):
+        evaluate_script.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
 def evaluate_command(checkpoint: Path, dataset_dir: Path, *args: str) -> list[str]:
     script = [sys.executable, str(REPO / "examples" / "evaluate_pal.py")]
     return script + ["--model", str(checkpoint), "--dataset", str(dataset_dir), *args]
