@@ -69,7 +69,7 @@ def _decode_file(source: str | Path | bytes | bytearray | memoryview | BinaryIO)
 
 
 def _from_mapping(value: Mapping, sampling_rate: int | None) -> tuple[object, int | None]:
-    """Reads `{"array", "sampling_rate"}`, `{"path"}` or `{"bytes"}` dicts, and `datasets` `AudioDecoder`s."""
+    """Reads `{"array", "sampling_rate"}`, `{"path"}` or `{"bytes"}` dicts."""
     if value.get("array") is not None:
         return value["array"], value.get("sampling_rate", sampling_rate)
     if value.get("bytes") is not None:
@@ -77,6 +77,20 @@ def _from_mapping(value: Mapping, sampling_rate: int | None) -> tuple[object, in
     if value.get("path") is not None:
         return _decode_file(value["path"])
     raise ValueError(f"audio dict has none of 'array', 'bytes' or 'path' (keys: {sorted(value)})")
+
+
+def _decode_torchcodec(decoder) -> tuple[np.ndarray, int]:
+    """
+    Decodes a torchcodec `AudioDecoder` (what `datasets` Audio columns hold): `(samples, channels)` and the rate. One
+    that resamples gives wrong samples from its second decoding on (torchcodec 0.13), so the file behind a `datasets`
+    decoder (its `_hf_encoded` bytes or local path) is decoded by a fresh decoder, at the file's own rate.
+    """
+    encoded = getattr(decoder, "_hf_encoded", None) or {}
+    source = encoded.get("bytes") or encoded.get("path")
+    if isinstance(source, bytes) or (isinstance(source, str) and Path(source).is_file()):
+        decoder = type(decoder)(source, stream_index=decoder.stream_index)
+    decoded = decoder.get_all_samples()
+    return decoded.data.numpy().T, decoded.sample_rate
 
 
 def _as_samples(value: object) -> np.ndarray:
@@ -140,7 +154,8 @@ def load_audio(value: object, sampling_rate: int | None = None) -> tuple[np.ndar
     Args:
         value: a path (`str`/`Path`), an http(s) URL, encoded bytes (`bytes`, `bytearray`, `memoryview`), a binary
             file object, a 1-D list, a 1-D/2-D array or tensor (integer PCM is scaled to [-1, 1]), a dict with
-            `array` (+ `sampling_rate`), `path` or `bytes`, or a `datasets` `AudioDecoder`.
+            `array` (+ `sampling_rate`), `path` or `bytes`, or a `datasets` `AudioDecoder` (decoded at the file's own
+            rate).
         sampling_rate: the rate of raw arrays/lists/tensors (paths are decoded at the file's own rate).
 
     Returns:
@@ -155,12 +170,10 @@ def load_audio(value: object, sampling_rate: int | None = None) -> tuple[np.ndar
         raise ValueError("audio is None; a prompt without audio takes no clip (`[]` in a per-prompt list)")
     if isinstance(value, (str, Path, *ENCODED_TYPES)) or hasattr(value, "read"):
         value, sampling_rate = _decode_file(value)
-    elif isinstance(value, Mapping) or hasattr(value, "get_all_samples"):
-        if hasattr(value, "get_all_samples"):  # datasets' AudioDecoder (torchcodec)
-            decoded = value.get_all_samples()
-            value, sampling_rate = decoded.data.numpy().T, decoded.sample_rate
-        else:
-            value, sampling_rate = _from_mapping(value, sampling_rate)
+    elif hasattr(value, "get_all_samples"):
+        value, sampling_rate = _decode_torchcodec(value)
+    elif isinstance(value, Mapping):
+        value, sampling_rate = _from_mapping(value, sampling_rate)
     if sampling_rate is None:
         raise ValueError("raw audio needs a sampling_rate")
     return _as_samples(value), _sampling_rate(sampling_rate)
@@ -562,9 +575,9 @@ class PalProcessor(ProcessorMixin):
                 The clips, in text order as one flat list, or one list per prompt (`[]` for text-only prompts). A clip
                 is a 1-D array/tensor/list (mono), a 2-D array or tensor (multi-channel: the axis of size ≤ 8 is
                 channels, down-mixed; a list of lists is a list of clips), a path or http(s) URL (decoded at the
-                file's own rate), encoded bytes or a binary file object, or a `datasets`-style dict (`{"array",
-                "sampling_rate"}`, `{"path"}`, `{"bytes"}`). Integer arrays are PCM, scaled by their dtype's range to
-                [-1, 1].
+                file's own rate), encoded bytes or a binary file object, a `datasets`-style dict (`{"array",
+                "sampling_rate"}`, `{"path"}`, `{"bytes"}`), or a `datasets` `AudioDecoder`. Integer arrays are PCM,
+                scaled by their dtype's range to [-1, 1].
             sampling_rate (`int`, *optional*):
                 The rate of raw arrays; defaults to `processor.sampling_rate` (16000). Every clip is resampled to
                 each encoder's rate.

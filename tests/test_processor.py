@@ -258,6 +258,26 @@ def test_encoded_audio_forms_agree(pal, tmp_path):
             assert torch.equal(processor(text=ask(processor, 1), audio=[clip])["audio_features_0"], expected)
 
 
+def test_datasets_audio_decoders_give_the_files_features_every_time(pal, tmp_path):
+    """
+    `datasets` Audio columns give torchcodec `AudioDecoder`s. One cast to another rate resamples in ffmpeg and decodes
+    wrong samples from its second use on (reading `row["audio"]["array"]` first is one); the processor decodes the file
+    behind it afresh, at the file's own rate, so every use gives the path's features (stereo down-mixed).
+    """
+    datasets = pytest.importorskip("datasets")
+    _, processor = pal()
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, np.stack([tones(1.5, 44100), tones(1.5, 44100)[::-1]], axis=1), 44100)
+    expected = processor(text=ask(processor, 1), audio=str(path))["audio_features_0"]
+    features = datasets.Features({"audio": datasets.Audio(sampling_rate=RATE)})
+    for source in (str(path), {"bytes": path.read_bytes(), "path": None}):
+        decoder = datasets.Dataset.from_dict({"audio": [source]}, features=features)[0]["audio"]
+        assert decoder["array"].shape == (1.5 * RATE,)
+        for _ in range(2):
+            actual = processor(text=ask(processor, 1), audio=[decoder])["audio_features_0"]
+            torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Nothing is lost: every window, every clip, the right rate
 # ----------------------------------------------------------------------------------------------------------------------
