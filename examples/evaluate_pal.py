@@ -1,4 +1,4 @@
-"""Evaluate a PAL checkpoint on a dataset of PAL's schema: batched greedy answers, per-task metrics, MMAU export.
+r"""Evaluate a PAL checkpoint on a dataset of PAL's schema: batched greedy answers, per-task metrics, MMAU export.
 
 python examples/evaluate_pal.py --model outputs/demo/curriculum/stage3 --dataset outputs/demo/pal_synth \
     --split test --output r.json

@@ -135,6 +135,12 @@ def test_a_split_reads_its_clips_once_to_group_them(evaluate_script, dataset_dir
     assert passes == [4] and len(predictions) == 4 and metrics
 
 
+def test_evaluate_script_help_shows_its_example_commands_as_written(evaluate_script, capsys):
+    with pytest.raises(SystemExit):
+        evaluate_script.parse_args(["--help"])
+    assert "--dataset outputs/demo/pal_synth \\\n    --split test --output r.json" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
