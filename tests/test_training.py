@@ -568,3 +568,19 @@ def test_docs_examples_run(tiny_llm_dir, tiny_whisper_dir, synth_dir, tmp_path, 
     namespace = {}
     for block in blocks:
         exec(compile(block, str(DOCS), "exec"), namespace)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "holds NoneType"),
+        ("- train: [connectors]\n", "holds list"),
+        ("stages: {train: [connectors]}\n", "`stages` must be a list"),
+        ("stages:\n  - connectors\n", "Stage 1: a stage is a mapping"),
+        ("stages:\n  - train: connectors\n", r"Stage 1: `train` must be a list of groups, e.g. \[connectors\]"),
+    ],
+)
+def test_malformed_recipe_files_are_refused_with_the_reason(text, match, tmp_path):
+    (tmp_path / "recipe.yaml").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_recipe(tmp_path / "recipe.yaml")

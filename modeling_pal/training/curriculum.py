@@ -49,11 +49,15 @@ def load_recipe(recipe: str | Path | Mapping) -> dict:
     `seed`, `name`. See `docs/training.md`.
     """
     if not isinstance(recipe, Mapping):
-        recipe = yaml.safe_load(Path(recipe).read_text())
+        source, recipe = recipe, yaml.safe_load(Path(recipe).read_text())
+        if not isinstance(recipe, Mapping):
+            raise ValueError(f"A recipe is a mapping of sections; {source} holds {type(recipe).__name__}")
     recipe = dict(recipe)
     unknown = set(recipe) - RECIPE_SECTIONS
     if unknown or not recipe.get("stages"):
         raise ValueError(f"A recipe needs `stages` and takes only {sorted(RECIPE_SECTIONS)}; got {sorted(recipe)}")
+    if not isinstance(recipe["stages"], (list, tuple)):
+        raise ValueError(f"`stages` must be a list of stages, got {recipe['stages']!r}")
     for number, stage in enumerate(recipe["stages"], 1):
         _check_stage(number, stage)
     return recipe
@@ -61,6 +65,14 @@ def load_recipe(recipe: str | Path | Mapping) -> dict:
 
 def _check_stage(number: int, stage: Mapping) -> None:
     """Raises a `ValueError` naming the stage when its keys, groups, `subset` or `args` are malformed."""
+    if not isinstance(stage, Mapping):
+        raise ValueError(
+            f"Stage {number}: a stage is a mapping with `train` and optional {sorted(STAGE_KEYS - {'train'})}"
+        )
+    if isinstance(stage.get("train"), str):
+        raise ValueError(
+            f"Stage {number}: `train` must be a list of groups, e.g. [connectors], got {stage['train']!r}"
+        )
     bad_keys = set(stage) - STAGE_KEYS
     bad_groups = set(stage.get("train", [])) - set(TRAINABLE_GROUPS)
     if bad_keys or bad_groups or not stage.get("train"):
