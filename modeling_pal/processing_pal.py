@@ -6,7 +6,7 @@ import io
 import json
 import numbers
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -409,8 +409,13 @@ def wrap_chat_template(template: str | dict | None, audio_token: str) -> str | d
 
 
 def _is_clip_list(value: object) -> bool:
-    """A list of clips (as opposed to one clip given as a list of samples)."""
-    return isinstance(value, (list, tuple)) and not any(isinstance(item, numbers.Number) for item in value)
+    """
+    A list of clips (a list, tuple or other sequence, e.g. a `datasets` column), as opposed to one clip given as a
+    list of samples, a path or encoded bytes.
+    """
+    if not isinstance(value, Sequence) or isinstance(value, (str, *ENCODED_TYPES)):
+        return False
+    return not any(isinstance(item, numbers.Number) for item in value)
 
 
 class PalProcessor(ProcessorMixin):
@@ -572,12 +577,12 @@ class PalProcessor(ProcessorMixin):
             text (`str` or `list[str]`):
                 One prompt or a batch, with one `audio_token` per clip.
             audio (*optional*):
-                The clips, in text order as one flat list, or one list per prompt (`[]` for text-only prompts). A clip
-                is a 1-D array/tensor/list (mono), a 2-D array or tensor (multi-channel: the axis of size ≤ 8 is
-                channels, down-mixed; a list of lists is a list of clips), a path or http(s) URL (decoded at the
-                file's own rate), encoded bytes or a binary file object, a `datasets`-style dict (`{"array",
-                "sampling_rate"}`, `{"path"}`, `{"bytes"}`), or a `datasets` `AudioDecoder`. Integer arrays are PCM,
-                scaled by their dtype's range to [-1, 1].
+                The clips, in text order as one flat list (or a `datasets` column), or one list per prompt (`[]` for
+                text-only prompts). A clip is a 1-D array/tensor/list (mono), a 2-D array or tensor (multi-channel:
+                the axis of size ≤ 8 is channels, down-mixed; a list of lists is a list of clips), a path or http(s)
+                URL (decoded at the file's own rate), encoded bytes or a binary file object, a `datasets`-style dict
+                (`{"array", "sampling_rate"}`, `{"path"}`, `{"bytes"}`), or a `datasets` `AudioDecoder`. Integer
+                arrays are PCM, scaled by their dtype's range to [-1, 1].
             sampling_rate (`int`, *optional*):
                 The rate of raw arrays; defaults to `processor.sampling_rate` (16000). Every clip is resampled to
                 each encoder's rate.
@@ -625,7 +630,7 @@ class PalProcessor(ProcessorMixin):
     def _load_clips(self, texts: list[str], audio, sampling_rate: int) -> list[list[tuple[np.ndarray, int]]]:
         """Assigns the clips to the prompts by their audio tokens and decodes them: per prompt, `(samples, rate)`."""
         counts = [sample.count(self.audio_token) for sample in texts]
-        audio = [] if audio is None else audio if _is_clip_list(audio) else [audio]
+        audio = [] if audio is None else list(audio) if _is_clip_list(audio) else [audio]
         per_sample = audio if audio and len(audio) == len(texts) and all(map(_is_prompt_clips, audio)) else None
         if per_sample is None:
             if sum(counts) != len(audio):

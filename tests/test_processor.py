@@ -219,6 +219,17 @@ def test_a_list_of_lists_is_a_list_of_mono_clips(pal):
     assert all(torch.equal(listed[name], expected[name]) for name in expected)
 
 
+def test_datasets_columns_are_lists(pal):
+    """`ds["text"]` and `ds["audio"]` (`datasets` `Column`s, not lists) are a batch of prompts and its clips."""
+    datasets = pytest.importorskip("datasets")
+    _, processor = pal()
+    rows = {"text": [ask(processor, 1), ask(processor, 1)], "audio": [noise(1.0, 6), noise(0.5, 7)]}
+    dataset = datasets.Dataset.from_dict(rows)
+    expected = processor(text=rows["text"], audio=rows["audio"])
+    actual = processor(text=dataset["text"], audio=dataset["audio"])
+    assert all(torch.equal(actual[name], expected[name]) for name in expected)
+
+
 def test_float_tensors_of_any_dtype_are_taken(pal):
     """bfloat16 (which numpy lacks), float16 and float64 tensors, and tensors that require grad, are read as floats."""
     _, processor = pal()
