@@ -458,7 +458,7 @@ def main(argv=None) -> int:
                 "threads": args.threads,
                 "repeats": repeats if large_na is None or na <= large_na else large_repeats,
                 "warmup": settings["warmup"],
-                "warmup_max_na": large_na,
+                "warmup_max_na": None if on_gpu else large_na,  # GPU steps are short: warm up at every Na
                 "max_e2e_na": max_e2e_na,
                 "decode_tokens": settings["decode_tokens"],
                 "seed": args.seed,
