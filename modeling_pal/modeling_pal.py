@@ -1071,7 +1071,7 @@ class PalModel(PalPreTrainedModel):
             columns.append((settings["name"], tokens, packed_valid, packed_clip))
         return columns
 
-    def _lal_inputs(self, audio, input_ids, inputs_embeds) -> PalLalInputs | None:
+    def _lal_inputs(self, audio: dict[str, PalAudioFeatures], markers: torch.Tensor) -> PalLalInputs | None:
         columns = self._lal_columns(audio)
         if not columns:
             return None
@@ -1082,7 +1082,7 @@ class PalModel(PalPreTrainedModel):
             key = str(layer_idx) if self.config.lal_projector == "per_layer" else "shared"
             states[layer_idx] = torch.cat([self.lal_projectors[name][key](t) for name, t, _, _ in columns], dim=1)
             norms[layer_idx] = self.language_model.layers[layer_idx].input_layernorm
-        visible = self._audio_visibility(input_ids, inputs_embeds, valid, clip)
+        visible = self._audio_visibility(markers, valid, clip)
         rope = None
         if self.config.lal_audio_rope:
             # each sample's own audio sits at -Na_b … -1 (its valid columns, in order), whatever the batch's widest
@@ -1090,21 +1090,35 @@ class PalModel(PalPreTrainedModel):
             rope = self.language_model.rotary_emb(states[self.config.lal_layers[0]], positions)
         return PalLalInputs(states, norms, visible, valid, rope)
 
-    def _audio_visibility(self, input_ids, inputs_embeds, valid, clip) -> torch.Tensor:
-        """`(B, Q, Na)`: under "causal" visibility a query sees a clip from that clip's marker token on."""
-        batch, query_length = inputs_embeds.shape[:2]
-        visible = valid[:, None, :].expand(batch, query_length, -1)
+    def _check_markers(self, markers: torch.Tensor, audio: dict[str, PalAudioFeatures]) -> None:
+        """
+        One marker `(B, L)` per LAL clip and sample. Markers without their clip (audio inputs forgotten or misnamed)
+        raise; so do clips without a marker under "causal" visibility, where the marker places the clip.
+        """
+        num_markers = markers.sum(1)
+        num_clips = torch.zeros_like(num_markers)
+        for name in self.lal_projectors:
+            if name in audio and audio[name].window_clip.numel():
+                clips = audio[name].window_clip.amax(dim=1).to(num_clips.device) + 1
+                num_clips = torch.maximum(num_clips, clips)
+        wrong = num_markers > num_clips
+        if self.config.lal_audio_visibility == "causal":
+            wrong |= num_markers < num_clips
+        if wrong.any():
+            sample = int(wrong.nonzero()[0])
+            raise ValueError(
+                f"Sample {sample} has {int(num_clips[sample])} LAL audio clips but {int(num_markers[sample])} "
+                f"{self.config.audio_token} marker tokens; write one audio token per clip and pass the audio of each"
+            )
+
+    def _audio_visibility(self, markers: torch.Tensor, valid: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
+        """
+        `(B, Q, Na)` from the markers `(B, Q)` and the columns' validity and clip `(B, Na)`: under "causal"
+        visibility a query sees a clip from that clip's marker token on.
+        """
+        visible = valid[:, None, :].expand(-1, markers.shape[1], -1)
         if self.config.lal_audio_visibility == "all":
             return visible
-        markers = self._token_mask(input_ids, inputs_embeds, self.config.audio_token_id)
-        num_clips = torch.where(valid, clip + 1, 0).amax(dim=1) if valid.numel() else valid.new_zeros(batch).long()
-        num_markers = markers.sum(1)
-        if (num_markers < num_clips).any():
-            sample = int((num_markers < num_clips).nonzero()[0])
-            raise ValueError(
-                f"Sample {sample} has {int(num_clips[sample])} audio clips but {int(num_markers[sample])} "
-                f"{self.config.audio_token} marker tokens; write one audio token per clip"
-            )
         # marker_rank[b, q] = how many markers are at or before position q = the clips position q may see
         marker_rank = markers.long().cumsum(dim=1)
         return visible & (clip[:, None, :] < marker_rank[:, :, None])
@@ -1149,7 +1163,10 @@ class PalModel(PalPreTrainedModel):
         plits_embeds = self._plits_embeddings(audio)
         if plits_embeds is not None or (placeholder_mask.any() and not decoding):
             inputs_embeds = self._scatter_plits(inputs_embeds, placeholder_mask, plits_embeds)
-        lal_inputs = self._lal_inputs(audio, input_ids, inputs_embeds) if audio else None
+        markers = self._token_mask(input_ids, inputs_embeds, self.config.audio_token_id)
+        if self.config.uses_lal and not decoding:
+            self._check_markers(markers, audio)
+        lal_inputs = self._lal_inputs(audio, markers) if audio else None
         if lal_inputs is not None:
             kwargs["pal_lal"] = lal_inputs
         if position_ids is None:

@@ -300,3 +300,17 @@ def test_return_dict_false_gives_tuples(pal_model, extractor):
         hidden = model.model(**inputs, return_dict=False)[0]
     assert torch.equal(loss, expected.loss) and torch.equal(logits, expected.logits)
     assert torch.equal(hidden, model.model(**inputs).last_hidden_state)
+
+
+@pytest.mark.parametrize("visibility", ["causal", "all"])
+def test_lal_markers_without_their_audio_are_refused(visibility, pal_model, extractor):
+    """A marker stands for a clip: audio inputs forgotten or misnamed must not give an answer without the audio."""
+    model = pal_model("llama", "lal", lal_audio_visibility=visibility)
+    inputs = build_inputs(model, extractor, [[prompt(3), clip(1.0, 17), prompt(3, 40)], [prompt(7, 30)]])
+    text = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    with torch.no_grad(), pytest.raises(ValueError, match="Sample 0 has 0 LAL audio clips but 1 "):
+        model(**text, input_features=inputs["audio_features_0"])
+    stray_marker = inputs["input_ids"].clone()
+    stray_marker[1, -1] = model.config.audio_token_id
+    with torch.no_grad(), pytest.raises(ValueError, match="Sample 1 has 0 LAL audio clips but 1 "):
+        model(**{**inputs, "input_ids": stray_marker})
