@@ -44,9 +44,12 @@ DEFAULT_WAVEFORM_WINDOW_SECONDS = 30.0
 
 
 def _fetch_url(url: str) -> bytes:
-    """The encoded bytes behind an http(s) URL."""
-    with urllib.request.urlopen(url, timeout=30.0) as response:
-        return response.read()
+    """The encoded bytes behind an http(s) URL; a failed request (HTTP error, no network, timeout) raises ValueError."""
+    try:
+        with urllib.request.urlopen(url, timeout=30.0) as response:
+            return response.read()
+    except OSError as error:  # URLError, HTTPError and timeouts
+        raise ValueError(f"cannot fetch audio {url}: {error}") from error
 
 
 def _decode_file(source: str | Path | bytes | bytearray | memoryview | BinaryIO) -> tuple[np.ndarray, int]:

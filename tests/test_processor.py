@@ -667,6 +667,22 @@ def test_chat_url_audio_equals_the_file(pal, tmp_path):
     assert torch.equal(from_url["audio_features_0"], from_path["audio_features_0"])
 
 
+def test_unreachable_url_raises_naming_it(pal, tmp_path):
+    """A URL answering 404, or nothing (refused, as offline), raises a ValueError naming the clip, the URL and why."""
+    _, processor = pal()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/missing.wav"
+        with pytest.raises(
+            ValueError, match=rf"prompt 0, clip 0: cannot fetch audio {re.escape(url)}: HTTP Error 404"
+        ):
+            processor(text=ask(processor, 1), audio=url)
+        server.shutdown()
+    with pytest.raises(ValueError, match=rf"prompt 0, clip 0: cannot fetch audio {re.escape(url)}: .*refused"):
+        processor(text=ask(processor, 1), audio=url)
+
+
 def test_chat_arrays_take_the_given_sampling_rate(pal):
     _, processor = pal()
     chat = [{"role": "user", "content": [{"type": "audio", "audio": tones(1.0, 8000)}, {"type": "text", "text": "?"}]}]
