@@ -490,13 +490,32 @@ def test_an_earlier_run_is_refused_or_overwritten_and_resume_checks_settings(
     assert run_curriculum(recipe, tmp_path, data=rows, resume=True).stages  # a state from before settings were kept
 
 
-@pytest.mark.parametrize("mistake", [{"subset": 4}, {"args": {"max_step": 1}}, {"args": {"lr_scheduler_type": "x"}}])
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        {"subset": 4},
+        {"args": {"max_step": 1}},
+        {"args": {"lr_scheduler_type": "x"}},
+        {"args": {"eval_strategy": "steps"}},  # no `data.eval_split` to evaluate on
+    ],
+)
 def test_recipe_mistakes_fail_before_any_stage_trains(mistake, tiny_llm_dir, tiny_whisper_dir, synth, tmp_path):
     stages = [{"train": ["connectors"], "args": {"max_steps": 1}}, {"train": ["connectors", "llm"], **mistake}]
     recipe = tiny_recipe(tiny_llm_dir("llama"), tiny_whisper_dir, stages)
     with pytest.raises(ValueError, match="^Stage 2: "):
         run_curriculum(recipe, tmp_path, data=synth.select(range(2)))
     assert not (tmp_path / "stage1").exists()
+
+
+def test_stages_evaluate_on_the_recipes_eval_split(tiny_llm_dir, tiny_whisper_dir, synth_dir, tmp_path):
+    stages = [{"train": ["connectors"], "args": {"max_steps": 2, "eval_strategy": "steps", "eval_steps": 1}}]
+    recipe = tiny_recipe(tiny_llm_dir("llama"), tiny_whisper_dir, stages)
+    recipe["data"] = {"dataset": synth_dir, "eval_split": "validation"}
+    result = run_curriculum(recipe, tmp_path)
+    evaluations = [entry for entry in result.stages[0].log_history if "eval_loss" in entry]
+    assert [entry["step"] for entry in evaluations] == [1, 2] and all(np.isfinite(e["eval_loss"]) for e in evaluations)
+    with pytest.raises(ValueError, match="no split 'dev'; its splits are"):
+        run_curriculum({**recipe, "data": {"dataset": synth_dir, "eval_split": "dev"}}, tmp_path, overwrite=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

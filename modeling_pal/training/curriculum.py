@@ -178,10 +178,12 @@ def build_model(recipe: dict, components: str | Path | None) -> tuple[PalForCond
     return model, PalProcessor.from_components(text_model, encoders, model.config)
 
 
-def load_training_data(recipe: dict, data: str | Path | Dataset | None = None) -> Dataset:
+def load_training_data(recipe: dict, data: str | Path | Dataset | None = None) -> tuple[Dataset, Dataset | None]:
     """
-    The training split: `data` when given (a `Dataset` or a `save_to_disk` directory), else the recipe's
-    `data.dataset` (`synth` builds PAL-Synth in memory from `data.size` and `data.seed`; anything else is a directory).
+    The training split and the evaluation split: `data` when given (a `Dataset` or a `save_to_disk` directory), else
+    the recipe's `data.dataset` (`synth` builds PAL-Synth in memory from `data.size` and `data.seed`; anything else is
+    a directory). From a `DatasetDict`, `data.split` (default `train`) trains and `data.eval_split` (default none)
+    evaluates; a `Dataset` has no evaluation split.
     """
     settings = recipe.get("data", {})
     source = data if data is not None else settings.get("dataset", "synth")
@@ -191,7 +193,17 @@ def load_training_data(recipe: dict, data: str | Path | Dataset | None = None) -
         dataset = build_pal_synth(settings.get("size", 40), settings.get("seed", recipe.get("seed", 0)))
     else:
         dataset = load_from_disk(str(source))
-    return _encoded_audio(dataset[settings.get("split", "train")] if isinstance(dataset, DatasetDict) else dataset)
+    eval_split = settings.get("eval_split")
+    if not isinstance(dataset, DatasetDict):
+        if eval_split is not None:
+            raise ValueError(f"data.eval_split={eval_split!r} needs a DatasetDict, but the data is a single Dataset")
+        return _encoded_audio(dataset), None
+    splits = [settings.get("split", "train")] + ([eval_split] if eval_split is not None else [])
+    missing = [split for split in splits if split not in dataset]
+    if missing:
+        raise ValueError(f"The data has no split {missing[0]!r}; its splits are {list(dataset)}")
+    evaluation = _encoded_audio(dataset[eval_split]) if eval_split is not None else None
+    return _encoded_audio(dataset[splits[0]]), evaluation
 
 
 def _encoded_audio(dataset: Dataset) -> Dataset:
@@ -262,14 +274,20 @@ def _training_args(recipe: dict, stage: dict, output_dir: Path, max_steps: int |
 
 def _all_training_args(recipe: dict, output_dir: Path, max_steps: int | None, use_cpu: bool, trl: bool) -> list:
     """Every stage's `TrainingArguments` (or `SFTConfig`), built before any training so that a bad key or value in a
-    later stage fails the run at its start."""
+    later stage (or an evaluation without `data.eval_split`) fails the run at its start."""
     stage_args = []
     for number, stage in enumerate(recipe["stages"], 1):
         checkpoints = output_dir / "checkpoints" / f"stage{number}"
         try:
-            stage_args.append(_training_args(recipe, stage, checkpoints, max_steps, use_cpu, trl))
+            args = _training_args(recipe, stage, checkpoints, max_steps, use_cpu, trl)
         except (TypeError, ValueError) as error:
             raise ValueError(f"Stage {number}: invalid training arguments (`training` and `args`): {error}") from error
+        if args.eval_strategy != "no" and recipe.get("data", {}).get("eval_split") is None:
+            raise ValueError(
+                f"Stage {number}: eval_strategy={args.eval_strategy.value!r} needs evaluation rows: name a split of "
+                "the data in the recipe's `data.eval_split`"
+            )
+        stage_args.append(args)
     return stage_args
 
 
@@ -383,6 +401,7 @@ class _Run:
     trl: bool
     lora: dict | None
     stage_args: list[TrainingArguments]
+    eval_dataset: Dataset | None
     resume: bool
     callbacks: Sequence[TrainerCallback]
 
@@ -413,13 +432,18 @@ class _Run:
         return str(base)
 
 
+def _stage_rows(stage: dict, rows: Dataset | None) -> Dataset | None:
+    """The rows of `rows` (training or evaluation rows, or `None`) that the stage's `subset` keeps."""
+    return stage_subset(rows, stage["subset"]) if "subset" in stage and rows is not None else rows
+
+
 def _run_stage(run: _Run, number: int, stage: dict, model, dataset: Dataset) -> tuple[torch.nn.Module, StageResult]:
     """Trains one stage (from its last checkpoint when resuming) and saves the model and processor."""
     start = time.perf_counter()
     name = stage.get("name", f"stage{number}")
     run.state["lora_base"] = run.lora_base(model, stage)
     model, trainable = _prepare_stage(model, list(stage["train"]), run)
-    stage_data = stage_subset(dataset, stage["subset"]) if "subset" in stage else dataset
+    stage_data = _stage_rows(stage, dataset)
     if run.distributed.is_main_process:
         logger.info(f"Stage {number} ({name}): {len(stage_data)} rows; trainable parameters {trainable}")
     args = run.stage_args[number - 1]
@@ -432,6 +456,7 @@ def _run_stage(run: _Run, number: int, stage: dict, model, dataset: Dataset) -> 
         model=model,
         args=args,
         train_dataset=stage_data,
+        eval_dataset=_stage_rows(stage, run.eval_dataset),
         data_collator=run.collator,
         processing_class=run.collator.processor,
         callbacks=[*run.callbacks, *budget],
@@ -489,7 +514,7 @@ def run_curriculum(
         raise ValueError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
     if not resume:
         _start_fresh(output_dir, overwrite, distributed)
-    dataset = load_training_data(recipe, data)
+    dataset, eval_dataset = load_training_data(recipe, data)
     components = _resolve_components(recipe, components, dataset, output_dir, distributed, fresh=not resume)
     settings = {
         "data": _setting(data),
@@ -509,6 +534,7 @@ def run_curriculum(
         trl=trainer == "trl",
         lora=recipe.get("lora", {}) if lora else None,
         stage_args=stage_args,
+        eval_dataset=eval_dataset,
         resume=resume,
         callbacks=callbacks,
     )
