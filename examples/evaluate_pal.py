@@ -19,6 +19,7 @@ from transformers import AutoModelForMultimodalLM, AutoProcessor
 import modeling_pal  # noqa: F401  (registers PAL with the Auto classes)
 from modeling_pal.evaluation import to_mmau_records, write_mmau_json
 from modeling_pal.evaluation.runner import (
+    GREEDY,
     generate_answers,
     markdown_table,
     reference_groups,
@@ -75,6 +76,8 @@ def evaluate_and_write(model, processor, rows, split: str, args: argparse.Namesp
         "model": args.model,
         "dataset": args.dataset,
         "split": split,
+        "limit": args.limit,
+        "generation": {**GREEDY, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size},
         "metrics": metrics,
         "predictions": [{"id": row_id, "prediction": p} for row_id, p in zip(rows["id"], predictions)],
     }

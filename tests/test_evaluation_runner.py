@@ -80,11 +80,14 @@ def test_caption_rows_of_one_clip_share_a_generation_and_all_references(checkpoi
         PalForConditionalGeneration.from_pretrained(checkpoint),
         PalProcessor.from_pretrained(checkpoint),
     )
+    model.generation_config.num_beams = 3  # a checkpoint's own setting: evaluation stays greedy
     generated = []
     generate = model.generate
-    model.generate = lambda **inputs: generated.append(len(inputs["input_ids"])) or generate(**inputs)
+    model.generate = lambda **inputs: generated.append(inputs) or generate(**inputs)
     answers = generate_answers(model, processor, dataset, max_new_tokens=2)
-    assert sum(generated) == 2 and answers[:3] == [answers[0]] * 3 and answers[3:] == [answers[3]] * 3
+    assert sum(len(inputs["input_ids"]) for inputs in generated) == 2
+    assert all(inputs["num_beams"] == 1 and not inputs["do_sample"] for inputs in generated)
+    assert answers[:3] == [answers[0]] * 3 and answers[3:] == [answers[3]] * 3
 
     predictions = ["a dog is barking"] * 3 + ["rain is falling"] * 3
     results = score_predictions(dataset, predictions)["captioning"]
@@ -186,7 +189,8 @@ def test_evaluate_script_writes_a_report_and_mmau_export_per_split(dataset_dir, 
     dataset = load_from_disk(str(dataset_dir))
     for split in splits:
         report = json.loads((tmp_path / f"report-{split}.json").read_text())
-        assert report["split"] == split and report["metrics"]
+        assert report["split"] == split and report["metrics"] and report["limit"] == 4
+        assert report["generation"] == {"do_sample": False, "num_beams": 1, "max_new_tokens": 4, "batch_size": 16}
         assert [row["id"] for row in report["predictions"]] == dataset[split]["id"][:4]
         records = json.loads((tmp_path / f"mmau-{split}.json").read_text())
         validate_mmau_records(records)

@@ -15,6 +15,8 @@ from .answers import normalize_text, parse_choice
 CHOICE_TASKS = ("classification", "speech_detection", "language_id", "temporal_order", "counting")
 CAPTION_TASKS = ("captioning", "open_qa")
 ASR_TASKS = ("transcription",)
+# Greedy whatever the checkpoint's generation config says (it may ask for sampling or beams).
+GREEDY = {"do_sample": False, "num_beams": 1}
 
 
 def prompt_messages(row: dict) -> list[dict]:
@@ -117,7 +119,7 @@ def _generate(model, processor, rows, indices: list[int], batch_size: int, max_n
             return_tensors="pt",
             add_generation_prompt=True,
         ).to(model.device)
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, **GREEDY)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         answers.extend(processor.batch_decode(new_tokens, skip_special_tokens=True))
     return answers
