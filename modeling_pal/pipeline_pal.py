@@ -45,6 +45,15 @@ class AudioTextToTextPipeline(AnyToAnyPipeline):
     ```
     """
 
+    def __call__(self, text=None, images=None, videos=None, audio=None, **kwargs):
+        """As `AnyToAnyPipeline.__call__`; `audio=` beside chats (which Transformers drops) raises a `ValueError`."""
+        if audio is not None and _holds_chats(text):
+            raise ValueError(
+                'audio= goes with text prompts; a chat holds its clips as {"type": "audio", "audio": ...} items of '
+                "its messages"
+            )
+        return super().__call__(text=text, images=images, videos=videos, audio=audio, **kwargs)
+
     def preprocess(self, inputs=None, timeout=None, continue_final_message=None, **processing_kwargs):
         """Prompts with audio go to the processor as they are, so files are decoded at their own rate."""
         if not isinstance(inputs, dict) or inputs.get("audio") is None:
@@ -95,6 +104,14 @@ class AudioTextToTextPipeline(AnyToAnyPipeline):
         """Saves the model (which ships this file for remote-code users) and the whole processor."""
         self.model.save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory, **kwargs)
+
+
+def _holds_chats(text) -> bool:
+    """Whether `text` is one chat (a list of messages) or a list of chats, as `AnyToAnyPipeline` tells them apart."""
+    first = text[0] if isinstance(text, (list, tuple)) and text else None
+    if isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    return isinstance(first, dict) and "role" in first
 
 
 __all__ = ["AudioTextToTextPipeline", "CUSTOM_PIPELINES", "PIPELINE_TASK"]
