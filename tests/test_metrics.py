@@ -226,6 +226,13 @@ def test_normalize_text(text, expected):
         ("(B) acoustic guitar", ["Electric guitar", "Acoustic guitar"], "Acoustic guitar"),
         ("Either a dog or a cat.", ["Cat", "Dog"], "Dog"),
         ("I cannot tell.", ["Cat", "Dog"], None),
+        ("(B)", ["Cat", "Dog"], "Dog"),
+        ("B.", ["Cat", "Dog"], "Dog"),
+        ("Answer: a", ["Cat", "Dog"], "Cat"),
+        ("The answer is option B.", ["Cat", "Dog"], "Dog"),
+        ("(C)", ["Cat", "Dog"], None),
+        ("A dog.", ["Cat", "Dog"], "Dog"),
+        ("b", ["A", "B"], "B"),
         ("A category of sounds", ["Cat", "?"], None),
     ],
 )

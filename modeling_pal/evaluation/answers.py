@@ -19,6 +19,8 @@ def _casefold(text: str) -> str:
 
 
 _EQUALITY_KEYS = (str.strip, _casefold, normalize_text)
+# A bare option letter, as multiple-choice answers often are: "(B)", "B.", "Answer: b", "The answer is option B".
+_OPTION_LETTER = re.compile(r"(?:the )?(?:correct )?(?:answer )?(?:is )?(?:option |choice )?([a-z])")
 
 
 def parse_choice(generated_text: str, choices: list[str]) -> str | None:
@@ -26,8 +28,9 @@ def parse_choice(generated_text: str, choices: list[str]) -> str | None:
     Picks the choice that a generated answer names.
 
     The answer matches a choice when it equals it exactly, then case-insensitively, then after `normalize_text`
-    (the first choice of the strictest level that matches wins). Otherwise the longest choice whose normalised words
-    appear as whole words in the normalised answer wins; among equally long ones, the one appearing first in the answer.
+    (the first choice of the strictest level that matches wins). An answer that is only an option letter ("(B)",
+    "B.", "Answer: b") picks the choice at that position. Otherwise the longest choice whose normalised words appear
+    as whole words in the normalised answer wins; among equally long ones, the one appearing first in the answer.
 
     Args:
         generated_text (`str`): The model's answer, e.g. `"The sound comes from a church."`.
@@ -41,6 +44,9 @@ def parse_choice(generated_text: str, choices: list[str]) -> str | None:
         for choice in choices:
             if key(choice) == target:
                 return choice
+    letter = _OPTION_LETTER.fullmatch(normalize_text(generated_text))
+    if letter and ord(letter[1]) - ord("a") < len(choices):
+        return choices[ord(letter[1]) - ord("a")]
     padded_text = f" {normalize_text(generated_text)} "
     found = []
     for index, choice in enumerate(choices):
