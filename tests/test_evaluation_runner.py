@@ -97,6 +97,14 @@ def test_caption_rows_of_one_clip_share_a_generation_and_all_references(checkpoi
     assert results == {"count": 2, **expected}
 
 
+def test_scoring_needs_one_prediction_per_row():
+    messages = [{"role": "user", "content": "Is anyone speaking?"}, {"role": "assistant", "content": "yes"}]
+    rows = [{"task": "speech_detection", "answer": "yes", "choices": ["yes", "no"], "messages": messages}] * 2
+    for predictions in (["yes"], ["yes", "yes", "no"]):  # an IndexError; extra predictions were ignored
+        with pytest.raises(ValueError, match=f"2 rows but {len(predictions)} predictions"):
+            score_predictions(rows, predictions)
+
+
 def test_only_rows_with_the_same_prompt_share_a_generation():
     def row(history: str, audio: str = "a.wav") -> dict:
         messages = [

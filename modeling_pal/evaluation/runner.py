@@ -136,6 +136,8 @@ def score_predictions(rows, predictions: list[str], groups: list[list[int]] | No
     """
     from . import load_metric
 
+    if len(predictions) != len(rows):
+        raise ValueError(f"Got {len(rows)} rows but {len(predictions)} predictions: one prediction per row, in order.")
     groups = reference_groups(rows) if groups is None else groups
     rows = list(without_audio(rows))
     by_task: dict[str, list[list[int]]] = {}
