@@ -599,14 +599,17 @@ class PalProcessor(ProcessorMixin):
             each window in its prompt, -1 for padding windows). Without any clip only the text entries are returned.
 
         Raises:
-            `ValueError` naming the problem: no prompt, `None`, empty, NaN/inf, non-numeric or wrongly shaped audio,
-            a sampling rate that is not a positive integer, a number of clips that differs from the number of audio
-            tokens (both counts are given), a clip longer than `max_audio_seconds` or with no sample left at an
-            encoder's rate, or a truncation that would cut audio tokens.
+            `ValueError` naming the problem: no prompt, images or videos, `None`, empty, NaN/inf, non-numeric or
+            wrongly shaped audio, a sampling rate that is not a positive integer, a number of clips that differs from
+            the number of audio tokens (both counts are given), a clip longer than `max_audio_seconds` or with no
+            sample left at an encoder's rate, or a truncation that would cut audio tokens.
         """
         texts = [text] if isinstance(text, str) else list(text or [])
         if not texts:
             raise ValueError(f"PalProcessor needs text (one prompt or more), with one {self.audio_token} per clip")
+        for modality in ("images", "videos"):  # pipelines pass them as None
+            if kwargs.pop(modality, None) is not None:
+                raise ValueError(f"PAL takes text and audio only, got {modality}")
         merged = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         text_kwargs = merged["text_kwargs"]
         return_mm_token_type_ids = text_kwargs.pop("return_mm_token_type_ids", merged["return_mm_token_type_ids"])

@@ -142,6 +142,8 @@ BAD_CALLS = {  # processor(text=..., audio=...) overrides of a one-clip call; "{
         {"audio": {"array": np.full(1, 0.1, np.float32), "sampling_rate": 44100}},
         "prompt 0, clip 0 is too short: resampled from 44100 Hz to the 16000 Hz of encoder slot 0",
     ),
+    "an image": ({"images": np.zeros((8, 8, 3), np.uint8)}, "PAL takes text and audio only, got images"),
+    "a video": ({"videos": [np.zeros((2, 8, 8, 3), np.uint8)]}, "PAL takes text and audio only, got videos"),
     "resampled to nothing, in a batch": (
         {"text": ["{a}", "{a}"], "audio": [noise(0.5, 0), {"array": np.full(1, 0.1), "sampling_rate": 48000}]},
         "prompt 1, clip 0 is too short",
