@@ -138,3 +138,12 @@ def test_stage_subsets(dataset):
     assert list(subsets) == list(SPLITS) and set(subsets["test"]["task"]) == {"classification"}
     with pytest.raises(ValueError, match="stage"):
         stage_subset(train, 4)
+
+
+def test_melodies_go_the_way_their_labels_say():
+    rows = _plan_split("train", 600, seed=0)
+    melodies = [event.params for row in rows for event in row.clip.events if event.params.get("kind") == "melody"]
+    assert len(melodies) > 20
+    for melody in melodies:
+        notes = melody["midi_notes"] if melody["direction"] == "up" else melody["midi_notes"][::-1]
+        assert all(low < high for low, high in zip(notes, notes[1:])), melody

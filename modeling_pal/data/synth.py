@@ -319,7 +319,8 @@ def _melody(rng: np.random.Generator, direction: str) -> dict:
         else (int(rng.integers(7, 11)), rng.uniform(0.1, 0.15))
     )
     degrees = np.cumsum(rng.choice([1, 1, 2], size=count)) + int(rng.integers(0, 3))
-    notes = [int(rng.integers(55, 63)) + 12 * (d // 7) + MAJOR_SCALE[d % 7] for d in degrees]
+    tonic = int(rng.integers(55, 63))
+    notes = [tonic + 12 * int(d // 7) + MAJOR_SCALE[d % 7] for d in degrees]
     return {
         "kind": "melody",
         "midi_notes": notes if direction == "up" else notes[::-1],
