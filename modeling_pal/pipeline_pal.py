@@ -61,8 +61,9 @@ class AudioTextToTextPipeline(AnyToAnyPipeline):
                 inputs, timeout=timeout, continue_final_message=continue_final_message, **processing_kwargs
             )
         processor_kwargs = processing_kwargs.pop("processor_kwargs", None) or processing_kwargs
+        media = {name: inputs.get(name) for name in ("images", "videos")}  # the processor refuses those it lacks
         model_inputs = self.processor(
-            text=inputs["text"], audio=inputs["audio"], return_tensors="pt", **processor_kwargs
+            text=inputs["text"], audio=inputs["audio"], **media, return_tensors="pt", **processor_kwargs
         ).to(dtype=self.dtype)
         model_inputs["text"] = inputs["text"]
         return model_inputs

@@ -85,13 +85,19 @@ def test_pipeline_equals_processor_and_generate(checkpoint, loaded, cases, expec
         assert new_text == processor.decode(ids[prompt_length:], skip_special_tokens=True), name
 
 
-def test_audio_beside_chats_is_refused(checkpoint, cases):
-    """A chat holds its clips as audio items; `audio=` beside one chat or a list of them was dropped without a word."""
+def test_inputs_that_would_be_dropped_are_refused(checkpoint, cases):
+    """
+    A chat holds its clips as audio items: `audio=` beside one chat or a list of them was dropped without a word; so
+    were `images=` and `videos=` beside a prompt with audio.
+    """
     pipe = pipeline("audio-text-to-text", model=checkpoint)
     chat = [{"role": "user", "content": "what do you hear?"}]
     for text in (chat, [chat, chat]):
         with pytest.raises(ValueError, match=r"audio= goes with text prompts; .* \{\"type\": \"audio\""):
             pipe(text=text, audio=cases["text+array"]["audio"], max_new_tokens=1)
+    for extra in ({"images": np.zeros((8, 8, 3), np.uint8)}, {"videos": [np.zeros((2, 8, 8, 3), np.uint8)]}):
+        with pytest.raises(ValueError, match="PAL takes text and audio only"):
+            pipe(**cases["text+array"], **extra, max_new_tokens=1)
 
 
 def test_any_to_any_serves_pal(checkpoint, cases, expected):
