@@ -105,6 +105,14 @@ def test_scoring_needs_one_prediction_per_row():
             score_predictions(rows, predictions)
 
 
+def test_scoring_refuses_a_task_it_has_no_metric_for():
+    """An unknown task (here a typo of "transcription") was scored as exact-match accuracy without a word."""
+    messages = [{"role": "user", "content": "Transcribe."}, {"role": "assistant", "content": "hello world"}]
+    rows = [{"task": "transcripton", "answer": "hello world", "choices": [], "messages": messages}]
+    with pytest.raises(ValueError, match=r"No metric for task\(s\) \['transcripton'\].*'transcription'"):
+        score_predictions(rows, ["hello world."])
+
+
 def test_only_rows_with_the_same_prompt_share_a_generation():
     def row(history: str, audio: str = "a.wav") -> dict:
         messages = [

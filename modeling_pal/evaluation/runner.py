@@ -15,6 +15,7 @@ from .answers import normalize_text, parse_choice
 CHOICE_TASKS = ("classification", "speech_detection", "language_id", "temporal_order", "counting")
 CAPTION_TASKS = ("captioning", "open_qa")
 ASR_TASKS = ("transcription",)
+SCORED_TASKS = CHOICE_TASKS + CAPTION_TASKS + ASR_TASKS
 # Greedy whatever the checkpoint's generation config says (it may ask for sampling or beams).
 GREEDY = {"do_sample": False, "num_beams": 1}
 
@@ -140,6 +141,9 @@ def score_predictions(rows, predictions: list[str], groups: list[list[int]] | No
         raise ValueError(f"Got {len(rows)} rows but {len(predictions)} predictions: one prediction per row, in order.")
     groups = reference_groups(rows) if groups is None else groups
     rows = list(without_audio(rows))
+    unknown = sorted({row["task"] for row in rows} - set(SCORED_TASKS))
+    if unknown:
+        raise ValueError(f"No metric for task(s) {unknown}: the `task` column takes one of {list(SCORED_TASKS)}.")
     by_task: dict[str, list[list[int]]] = {}
     for group in groups:
         by_task.setdefault(rows[group[0]]["task"], []).append(group)
