@@ -106,6 +106,7 @@ class WhisperAdapter:
 
     model_types = WHISPER_FAMILY
     frame_axis = -1
+    feature_dims = ("mel_bins", "frames")  # one window's features
 
     @staticmethod
     def model_class(config) -> type[PreTrainedModel]:
@@ -134,6 +135,7 @@ class ClapAdapter:
 
     model_types = CLAP_FAMILY
     frame_axis = -2
+    feature_dims = ("channels", "frames", "mel_bins")  # one window's features
 
     @staticmethod
     def model_class(config) -> type[PreTrainedModel]:
@@ -161,6 +163,7 @@ class AstAdapter:
 
     model_types = AST_FAMILY
     frame_axis = -2
+    feature_dims = ("frames", "mel_bins")  # one window's features
 
     @staticmethod
     def model_class(config) -> type[PreTrainedModel]:
@@ -190,6 +193,7 @@ class WaveformAdapter:
 
     model_types = WAVEFORM_FAMILY
     frame_axis = -1
+    feature_dims = ("samples",)  # one window's features
 
     @staticmethod
     def model_class(config) -> type[PreTrainedModel]:
@@ -252,6 +256,33 @@ def check_encoder_layer(settings: dict, config) -> None:
             f"{config.num_hidden_layers} layers, so hidden states {-config.num_hidden_layers - 1} … "
             f"{config.num_hidden_layers} (-1 = the last)"
         )
+
+
+def check_window_shapes(
+    slot: int,
+    adapter: type,
+    features: torch.Tensor,
+    mask: torch.Tensor | None,
+    window_clip: torch.Tensor | None,
+) -> None:
+    """
+    Slot `slot`'s features must be `(batch, num_windows, *adapter.feature_dims)`, its mask `(batch, num_windows,
+    frames)` and its clip indices `(batch, num_windows)`: malformed inputs raise here, not inside torch.
+    """
+    layout = ("batch", "num_windows", *adapter.feature_dims)
+    if features.dim() != len(layout):
+        raise ValueError(f"audio_features_{slot} must have shape ({', '.join(layout)}), got {tuple(features.shape)}")
+    windows = tuple(features.shape[:2])
+    expected = {
+        f"audio_feature_mask_{slot}": (mask, (*windows, features.shape[adapter.frame_axis])),
+        f"audio_window_clip_{slot}": (window_clip, windows),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(
+                f"{name} must have shape {shape} to fit audio_features_{slot} {tuple(features.shape)}, "
+                f"got {tuple(tensor.shape)}"
+            )
 
 
 def build_audio_tower(config) -> PreTrainedModel:
@@ -968,6 +999,7 @@ class PalModel(PalPreTrainedModel):
         slot = self._slot(encoder)
         tower, settings = self.audio_towers[slot], self.config.audio_encoders[slot]
         adapter = audio_encoder_adapter(self.config.audio_configs[slot])
+        check_window_shapes(slot, adapter, audio_features, audio_feature_mask, audio_window_clip)
         batch, num_windows = audio_features.shape[:2]
         if audio_window_clip is None:
             audio_window_clip = torch.zeros(batch, num_windows, dtype=torch.long, device=audio_features.device)

@@ -314,3 +314,18 @@ def test_lal_markers_without_their_audio_are_refused(visibility, pal_model, extr
     stray_marker[1, -1] = model.config.audio_token_id
     with torch.no_grad(), pytest.raises(ValueError, match="Sample 1 has 0 LAL audio clips but 1 "):
         model(**{**inputs, "input_ids": stray_marker})
+
+
+def test_malformed_audio_inputs_are_refused_by_name(pal_model, extractor):
+    """Shapes that do not fit raise a `ValueError` naming the input, not an indexing error inside torch."""
+    model = pal_model("llama", "lal")
+    inputs = build_inputs(model, extractor, [[prompt(3), clip(1.0, 18), prompt(3, 40)]])
+    features, mask = inputs["audio_features_0"], inputs["audio_feature_mask_0"]
+    malformed = {
+        "audio_features_0": {"audio_features_0": features[:, 0]},  # no window axis
+        "audio_feature_mask_0": {"audio_feature_mask_0": mask[..., :100]},
+        "audio_window_clip_0": {"audio_window_clip_0": torch.zeros(1, 2, dtype=torch.long)},
+    }
+    for name, change in malformed.items():
+        with torch.no_grad(), pytest.raises(ValueError, match=rf"{name} .*must have shape"):
+            model(**{**inputs, **change})
