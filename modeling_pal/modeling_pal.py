@@ -1034,15 +1034,39 @@ class PalModel(PalPreTrainedModel):
                 )
         return encoded
 
-    def _resolve_audio(self, audio_inputs: dict, audio_embeds) -> dict[str, PalAudioFeatures]:
+    def _resolve_audio(self, audio_inputs: dict, audio_embeds, batch: int) -> dict[str, PalAudioFeatures]:
+        """The encoded audio by encoder name, from `audio_*_{k}` inputs or precomputed `audio_embeds`."""
+        self._check_audio_inputs(audio_inputs, audio_embeds)
         if audio_embeds is None:
-            return self.encode_audio(**audio_inputs)
-        if isinstance(audio_embeds, (list, tuple)):
-            names = [settings["name"] for settings in self.config.audio_encoders]
-            audio_embeds = dict(zip(names, audio_embeds))
-        for name in audio_embeds:
-            self._slot(name)
-        return {name: value for name, value in audio_embeds.items() if value is not None}
+            audio = self.encode_audio(**audio_inputs)
+        else:
+            if isinstance(audio_embeds, (list, tuple)):
+                names = [settings["name"] for settings in self.config.audio_encoders]
+                audio_embeds = dict(zip(names, audio_embeds))
+            for name in audio_embeds:
+                self._slot(name)
+            audio = {name: value for name, value in audio_embeds.items() if value is not None}
+        for name, features in audio.items():
+            if features.last_hidden_state.shape[0] != batch:
+                raise ValueError(
+                    f"The audio of encoder {name!r} has batch size {features.last_hidden_state.shape[0]} but the text "
+                    f"has {batch}: audio inputs are batch-major, one row per text sample"
+                )
+        return audio
+
+    def _check_audio_inputs(self, audio_inputs: dict, audio_embeds) -> None:
+        """Audio inputs of slots this model lacks, or given beside `audio_embeds`, would be silently dropped."""
+        given = [name for name, value in audio_inputs.items() if value is not None]
+        num_slots = len(self.config.audio_encoders)
+        known = {f"{prefix}{k}" for prefix in AUDIO_INPUT_PREFIXES for k in range(num_slots)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} given, but this model has {num_slots} audio encoder(s), in slots 0 to "
+                f"{num_slots - 1}"
+            )
+        if given and audio_embeds is not None:
+            raise ValueError(f"Pass either audio_embeds or the audio inputs {given}, not both")
 
     def _token_mask(self, input_ids, inputs_embeds, token_id: int | None) -> torch.Tensor:
         if token_id is None:
@@ -1189,7 +1213,7 @@ class PalModel(PalPreTrainedModel):
                 "to continue from a returned cache, pass the text without the audio inputs; for new audio, start "
                 "from an empty cache"
             )
-        audio = self._resolve_audio(audio_inputs, audio_embeds)
+        audio = self._resolve_audio(audio_inputs, audio_embeds, inputs_embeds.shape[0])
 
         placeholder_mask = self._token_mask(input_ids, inputs_embeds, self.config.audio_placeholder_token_id)
         plits_embeds = self._plits_embeddings(audio)

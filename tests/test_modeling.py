@@ -329,3 +329,24 @@ def test_malformed_audio_inputs_are_refused_by_name(pal_model, extractor):
     for name, change in malformed.items():
         with torch.no_grad(), pytest.raises(ValueError, match=rf"{name} .*must have shape"):
             model(**{**inputs, **change})
+
+
+def test_audio_inputs_for_missing_slots_or_other_batches_are_refused(pal_model, extractor):
+    """Audio for a slot the model lacks, or of another batch size than the text, raises instead of being dropped."""
+    model = pal_model("llama", "lal")
+    sample = [prompt(3), clip(1.0, 19), prompt(3, 40)]
+    inputs = build_inputs(model, extractor, [sample])
+    with torch.no_grad():
+        embeds = model.get_audio_features(inputs["audio_features_0"], inputs["audio_feature_mask_0"])
+        with pytest.raises(ValueError, match=r"audio_features_1 .*1 audio encoder"):
+            model(**inputs, audio_features_1=inputs["audio_features_0"])
+        with pytest.raises(ValueError, match="either audio_embeds or"):
+            model(**inputs, audio_embeds=[embeds])
+        pair = build_inputs(model, extractor, [sample, sample])
+        text = {"input_ids": pair["input_ids"], "attention_mask": pair["attention_mask"]}
+        for audio in (
+            {name: value for name, value in inputs.items() if name.startswith("audio_")},
+            {"audio_embeds": [embeds]},
+        ):
+            with pytest.raises(ValueError, match="batch size 1 but the text has 2"):
+                model(**text, **audio)
