@@ -599,12 +599,19 @@ class PalProcessor(ProcessorMixin):
             each window in its prompt, -1 for padding windows). Without any clip only the text entries are returned.
 
         Raises:
-            `ValueError` naming the problem: no prompt, images or videos, `None`, empty, NaN/inf, non-numeric or
-            wrongly shaped audio, a sampling rate that is not a positive integer, a number of clips that differs from
-            the number of audio tokens (both counts are given), a clip longer than `max_audio_seconds` or with no
-            sample left at an encoder's rate, or a truncation that would cut audio tokens.
+            `ValueError` naming the problem: no prompt, a `text` that is not prompts (a chat, say), images or videos,
+            `None`, empty, NaN/inf, non-numeric or wrongly shaped audio, a sampling rate that is not a positive
+            integer, a number of clips that differs from the number of audio tokens (both counts are given), a clip
+            longer than `max_audio_seconds` or with no sample left at an encoder's rate, or a truncation that would
+            cut audio tokens.
         """
-        texts = [text] if isinstance(text, str) else list(text or [])
+        texts = [] if text is None else [text] if isinstance(text, str) else text
+        if not isinstance(texts, Sequence) or not all(isinstance(sample, str) for sample in texts):
+            raise ValueError(
+                f"text takes a prompt or a list of prompts (str), got {text!r:.80}; chats go through "
+                "processor.apply_chat_template"
+            )
+        texts = list(texts)
         if not texts:
             raise ValueError(f"PalProcessor needs text (one prompt or more), with one {self.audio_token} per clip")
         for modality in ("images", "videos"):  # pipelines pass them as None

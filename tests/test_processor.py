@@ -161,6 +161,14 @@ def test_bad_call_raises_naming_the_problem(name, pal):
         processor(text=texts, **call)
 
 
+@pytest.mark.parametrize("text", ([{"role": "user", "content": "hi"}], 5, [None], b"bytes"), ids=type)
+def test_text_that_is_not_prompts_raises(text, pal):
+    """A chat given as `text` (instead of to `apply_chat_template`) or non-strings failed with an AttributeError."""
+    _, processor = pal()
+    with pytest.raises(ValueError, match=r"text takes a prompt or a list of prompts .*apply_chat_template"):
+        processor(text=text, audio=noise(0.5, 0))
+
+
 def test_missing_file_raises(pal, tmp_path):
     _, processor = pal()
     with pytest.raises(FileNotFoundError, match="nope.wav"):
