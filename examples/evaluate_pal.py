@@ -44,9 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=positive_int, default=32)
     parser.add_argument("--limit", type=positive_int, help="evaluate the first N rows of each split only")
     args = parser.parse_args(argv)
-    for path in (args.output, args.mmau_output):
-        if len(args.split) > 1 and path and "{split}" not in path:
+    for path in filter(None, (args.output, args.mmau_output)):
+        if len(args.split) > 1 and "{split}" not in path:
             parser.error(f"with several splits, output paths must contain {{split}}; got {path!r}")
+        # checked now: writing the report into a folder would fail only after the whole split was generated
+        folders = [name for name in (path.replace("{split}", split) for split in args.split) if Path(name).is_dir()]
+        if folders:
+            parser.error(f"output path {folders[0]!r} is a folder: give a file name, e.g. {folders[0]}/report.json")
     return args
 
 

@@ -160,6 +160,18 @@ def test_evaluate_script_help_shows_its_example_commands_as_written(evaluate_scr
     assert "--dataset outputs/demo/pal_synth \\\n    --split test --output r.json" in capsys.readouterr().out
 
 
+def test_evaluate_script_refuses_a_folder_as_output_before_generating(evaluate_script, dataset_dir, capsys, tmp_path):
+    (tmp_path / "mmau-test").mkdir()
+    base = ["--model", str(dataset_dir), "--dataset", str(dataset_dir), "--split"]
+    for options in (
+        ["test", "--output", str(tmp_path)],
+        ["test", "validation", "--output", "{split}.json", "--mmau-output", str(tmp_path / "mmau-{split}")],
+    ):
+        with pytest.raises(SystemExit):  # an IsADirectoryError once the split had been generated, its answers lost
+            evaluate_script.parse_args([*base, *options])
+        assert "is a folder: give a file name" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
