@@ -1,5 +1,6 @@
 """Training: the chat collator's labels, trainable groups, Trainer / SFTTrainer + LoRA, DDP, resume, the recipes."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -21,6 +22,7 @@ from modeling_pal import PalForConditionalGeneration
 from modeling_pal.data.synth import build_pal_synth
 from modeling_pal.processing_pal import PalProcessor
 from modeling_pal.training import PalDataCollator, PalTrainer, in_group, load_recipe, run_curriculum, set_trainable
+from modeling_pal.training.curriculum import _all_training_args
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tests" / "scripts" / "curriculum_run.py"
@@ -516,6 +518,17 @@ def test_stages_evaluate_on_the_recipes_eval_split(tiny_llm_dir, tiny_whisper_di
     assert [entry["step"] for entry in evaluations] == [1, 2] and all(np.isfinite(e["eval_loss"]) for e in evaluations)
     with pytest.raises(ValueError, match="no split 'dev'; its splits are"):
         run_curriculum({**recipe, "data": {"dataset": synth_dir, "eval_split": "dev"}}, tmp_path, overwrite=True)
+
+
+def test_a_recipe_means_the_same_for_trainer_and_sft_trainer(tmp_path):
+    recipe = {"training": {"per_device_train_batch_size": 2}, "stages": [{"train": ["connectors"]}]}
+    hf, trl = (_all_training_args(recipe, tmp_path, None, use_cpu=True, trl=trl)[0] for trl in (False, True))
+    differing = {
+        field.name: (getattr(hf, field.name), getattr(trl, field.name))
+        for field in dataclasses.fields(TrainingArguments)
+        if getattr(hf, field.name) != getattr(trl, field.name)
+    }
+    assert differing == {}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -37,8 +37,14 @@ RECIPE_SECTIONS = {"name", "seed", "components", "model", "data", "training", "s
 STAGE_KEYS = {"name", "train", "subset", "args", "max_seconds"}
 # The collator reads the raw `messages` and `audio` columns, so the Trainer must keep them
 FIXED_ARGS = {"remove_unused_columns": False}
-# TRL's `SFTConfig` changes these `TrainingArguments` defaults (bf16 autocast, activation checkpointing, logging)
-TRL_DEFAULTS_OVERRIDDEN = {"bf16": False, "activation_checkpointing": False, "logging_steps": 500}
+# TRL's `SFTConfig` changes these `TrainingArguments` defaults (learning rate, bf16 autocast, activation
+# checkpointing, logging)
+TRL_DEFAULTS_OVERRIDDEN = {
+    "learning_rate": TrainingArguments.learning_rate,
+    "bf16": False,
+    "activation_checkpointing": False,
+    "logging_steps": 500,
+}
 
 
 def load_recipe(recipe: str | Path | Mapping) -> dict:
