@@ -14,6 +14,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 RECIPE_FILE = "pal_recipe.yaml"
 EVAL_FILE = "pal_eval.json"
 TEXT_MODEL_KEY = "llm"
+# Files of an earlier upload that a new one may not rewrite: other weight shards, a recipe or report since removed.
+STALE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", RECIPE_FILE, EVAL_FILE]
 
 CARD_TEMPLATE = """
 # {repo_name}
@@ -215,8 +217,15 @@ def hub_api(token: str | None = None) -> HfApi:
 
 
 def upload_repository(api: HfApi, folder: str | Path, repo_id: str, private: bool = False) -> str:
-    """Creates the Hub repository (if needed) and uploads `folder` with a client from `hub_api`."""
+    """
+    Creates the Hub repository (if needed) and uploads `folder` with a client from `hub_api`. Weights, recipe and
+    evaluation report of an earlier upload that `folder` does not have are deleted in the same commit (stale shards
+    next to new weights would load instead of them); other files added to the repository are kept.
+    """
     api.create_repo(repo_id, private=private, exist_ok=True)
     return api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, commit_message="Upload PAL checkpoint"
+        folder_path=str(folder),
+        repo_id=repo_id,
+        commit_message="Upload PAL checkpoint",
+        delete_patterns=STALE_PATTERNS,
     ).commit_url

@@ -11,16 +11,24 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from encoder_fixtures import *  # noqa: F403
-from huggingface_hub import ModelCard
+from huggingface_hub import HfApi, ModelCard, hf_api
 from transformers import AutoConfig
 
 from modeling_pal import PalForConditionalGeneration, PalProcessor
-from modeling_pal.hub import PICKLE_SUFFIXES, base_models, build_model_card, evaluation_table, write_repository
+from modeling_pal.hub import (
+    PICKLE_SUFFIXES,
+    base_models,
+    build_model_card,
+    evaluation_table,
+    upload_repository,
+    write_repository,
+)
 
 REPO_ID = "org/pal"
 BASE_MODELS = {"llm": "meta-llama/Llama-3.2-1B-Instruct", "whisper": "openai/whisper-large-v3"}
@@ -199,6 +207,24 @@ def test_push_checks_the_hub_before_loading_the_model(push_script, tmp_path, mon
     (tmp_path / "not-loaded").mkdir()  # holds no model: loading it first would fail otherwise
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE=1"):
         push_script.main(["--model", str(tmp_path / "not-loaded"), "--repo-id", REPO_ID])
+
+
+def test_upload_deletes_the_weights_and_reports_of_an_earlier_upload(monkeypatch, tmp_path):
+    """Re-publishing sharded weights over single-file ones left the old `model.safetensors`, which loads first."""
+    remote = [".gitattributes", "README.md", "model.safetensors", "pal_eval.json", "assets/sample.wav"]
+    commits = []
+    api = HfApi(token="hf_test")
+    monkeypatch.setattr(hf_api, "is_xet_available", lambda: False)  # the single-commit path, no network
+    monkeypatch.setattr(api, "_validate_yaml", lambda *args, **kwargs: None)
+    monkeypatch.setattr(api, "create_repo", lambda *args, **kwargs: None)
+    monkeypatch.setattr(api, "list_repo_files", lambda *args, **kwargs: remote)
+    commit = SimpleNamespace(commit_url=f"https://huggingface.co/{REPO_ID}/commit/0")
+    monkeypatch.setattr(api, "create_commit", lambda **kwargs: commits.append(kwargs["operations"]) or commit)
+    for name in ("README.md", "model-00001-of-00002.safetensors", "model.safetensors.index.json"):
+        (tmp_path / name).write_text("{}")
+    assert upload_repository(api, tmp_path, REPO_ID) == commit.commit_url
+    deleted = sorted(op.path_in_repo for op in commits[0] if type(op).__name__ == "CommitOperationDelete")
+    assert deleted == ["model.safetensors", "pal_eval.json"]
 
 
 @pytest.mark.parametrize("upload_fails", [False, True])
