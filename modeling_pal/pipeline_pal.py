@@ -8,6 +8,7 @@ from collections.abc import Sized
 
 from torch.utils.data import DataLoader
 from transformers.pipelines import AnyToAnyPipeline
+from transformers.pipelines.any_to_any import Chat
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 PIPELINE_TASK = "audio-text-to-text"
@@ -46,7 +47,15 @@ class AudioTextToTextPipeline(AnyToAnyPipeline):
     """
 
     def __call__(self, text=None, images=None, videos=None, audio=None, **kwargs):
-        """As `AnyToAnyPipeline.__call__`; `audio=` beside chats (which Transformers drops) raises a `ValueError`."""
+        """
+        As `AnyToAnyPipeline.__call__`, and: a `datasets.Dataset` of `{"text", "audio"}` rows runs row by row (its
+        outputs come as an iterator), an empty list gives `[]`, and `audio=` beside chats (which Transformers drops)
+        raises a `ValueError`.
+        """
+        if isinstance(text, (list, tuple)) and not text:
+            return []
+        if hasattr(text, "column_names"):  # a datasets.Dataset, which Transformers would take for one input
+            text = (row for row in text)
         if audio is not None and _holds_chats(text):
             raise ValueError(
                 'audio= goes with text prompts; a chat holds its clips as {"type": "audio", "audio": ...} items of '
@@ -56,6 +65,11 @@ class AudioTextToTextPipeline(AnyToAnyPipeline):
 
     def preprocess(self, inputs=None, timeout=None, continue_final_message=None, **processing_kwargs):
         """Prompts with audio go to the processor as they are, so files are decoded at their own rate."""
+        if not isinstance(inputs, (str, list, tuple, dict, Chat)):
+            raise ValueError(
+                "The pipeline takes a prompt, a chat or a dict with 'text' (and 'audio'), or a list, generator or "
+                f"dataset of them; got {type(inputs).__name__}"
+            )
         if not isinstance(inputs, dict) or inputs.get("audio") is None:
             return super().preprocess(
                 inputs, timeout=timeout, continue_final_message=continue_final_message, **processing_kwargs

@@ -100,6 +100,26 @@ def test_inputs_that_would_be_dropped_are_refused(checkpoint, cases):
             pipe(**cases["text+array"], **extra, max_new_tokens=1)
 
 
+def test_a_datasets_dataset_is_a_stream_of_prompts(checkpoint, cases, expected):
+    """
+    A `datasets.Dataset` of `{"text", "audio"}` rows (an Audio column; extra columns are ignored) gives each row's
+    answer, as its row alone does; it was taken as one input (AttributeError: 'Dataset' object has no attribute 'copy').
+    """
+    datasets = pytest.importorskip("datasets")
+    pipe = pipeline("audio-text-to-text", model=checkpoint)
+    case = cases["text+44.1kHz path"]
+    rows = {"text": [case["text"]] * 3, "audio": [case["audio"]] * 3, "id": [0, 1, 2]}
+    dataset = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio())
+    for batch_size in (1, 2):
+        outputs = list(pipe(dataset, max_new_tokens=NEW_TOKENS, return_tensors=True, batch_size=batch_size))
+        assert len(outputs) == 3
+        for output in outputs:
+            assert torch.equal(output[0]["generated_token_ids"], expected["text+44.1kHz path"][0])
+    assert pipe([], max_new_tokens=NEW_TOKENS) == []
+    with pytest.raises(ValueError, match="The pipeline takes a prompt, a chat or a dict with 'text'.*got int"):
+        pipe(5, max_new_tokens=NEW_TOKENS)
+
+
 def test_any_to_any_serves_pal(checkpoint, cases, expected):
     pipe = pipeline("any-to-any", model=checkpoint)
     for name in ("text+array", "chat 44.1kHz path"):
