@@ -572,8 +572,10 @@ def test_smoke_recipe_runs_three_stages(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["smoke", "pal_synth", "openaqa_llama32_1b"])
-def test_recipes_are_valid(name):
+def test_recipes_are_valid(name, tmp_path):
     recipe = load_recipe(REPO / "examples" / "recipes" / f"{name}.yaml")
+    for trl in (False, True):  # every stage's TrainingArguments / SFTConfig builds
+        assert len(_all_training_args(recipe, tmp_path, None, use_cpu=True, trl=trl)) == 3
     assert [stage["train"] for stage in recipe["stages"]] == [
         ["connectors"],
         ["connectors", "llm"],
