@@ -109,8 +109,17 @@ def test_scoring_refuses_a_task_it_has_no_metric_for():
     """An unknown task (here a typo of "transcription") was scored as exact-match accuracy without a word."""
     messages = [{"role": "user", "content": "Transcribe."}, {"role": "assistant", "content": "hello world"}]
     rows = [{"task": "transcripton", "answer": "hello world", "choices": [], "messages": messages}]
-    with pytest.raises(ValueError, match=r"No metric for task\(s\) \['transcripton'\].*'transcription'"):
+    with pytest.raises(
+        ValueError, match=r"No metric for task\(s\) \['transcripton'\] without choices.*'transcription'"
+    ):
         score_predictions(rows, ["hello world."])
+    mmau_row = {**rows[0], "task": "sound", "answer": "Dog", "choices": ["Cat", "Dog"]}  # any name: multiple choice
+    assert score_predictions([mmau_row], ["It is a dog."])["sound"] == {
+        "count": 1,
+        "accuracy": 1.0,
+        "chance": 0.5,
+        "unparsed": 0,
+    }
 
 
 def test_only_rows_with_the_same_prompt_share_a_generation():

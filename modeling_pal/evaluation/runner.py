@@ -131,7 +131,8 @@ def score_predictions(rows, predictions: list[str], groups: list[list[int]] | No
     Per-task metrics: accuracy (answer parsed from the generated text among the row's choices, else compared as
     normalised text) and its chance level (`None` without choices) for closed tasks, WER/CER for transcription,
     CIDEr-D / ROUGE-L / METEOR (SPICE / SPIDEr where available) for captions and open QA, each clip's prediction
-    (its group's first) scored against all the answers of its `reference_groups` group. `count` is the number of
+    (its group's first) scored against all the answers of its `reference_groups` group. Rows of any other task
+    (e.g. MMAU's "sound", "music", "speech") are scored as closed tasks and need choices. `count` is the number of
     rows scored, for captions and open QA the number of groups. `groups`: the rows' `reference_groups`, when already
     computed.
     """
@@ -141,9 +142,12 @@ def score_predictions(rows, predictions: list[str], groups: list[list[int]] | No
         raise ValueError(f"Got {len(rows)} rows but {len(predictions)} predictions: one prediction per row, in order.")
     groups = reference_groups(rows) if groups is None else groups
     rows = list(without_audio(rows))
-    unknown = sorted({row["task"] for row in rows} - set(SCORED_TASKS))
+    unknown = sorted({row["task"] for row in rows if row["task"] not in SCORED_TASKS and not row["choices"]})
     if unknown:
-        raise ValueError(f"No metric for task(s) {unknown}: the `task` column takes one of {list(SCORED_TASKS)}.")
+        raise ValueError(
+            f"No metric for task(s) {unknown} without choices: the `task` column takes one of {list(SCORED_TASKS)}, "
+            "or any name for multiple-choice rows."
+        )
     by_task: dict[str, list[list[int]]] = {}
     for group in groups:
         by_task.setdefault(rows[group[0]]["task"], []).append(group)
