@@ -378,8 +378,9 @@ CHAT_PREFIX_BODY = """{%- set pal = namespace(messages=[]) -%}
 {%- set pal.text = '' -%}
 {%- for item in message.content -%}
 {%- if item.type == 'audio' -%}{%- set pal.text = pal.text + AUDIO_TOKEN -%}
-{%- elif item.type == 'text' -%}{%- set pal.text = pal.text + item.text -%}
-{%- else -%}{{- raise_exception('PAL chats take text and audio items, got a ' ~ item.type ~ ' item') -}}
+{%- elif item.type == 'text' and item.text is string -%}{%- set pal.text = pal.text + item.text -%}
+{%- else -%}{{- raise_exception('PAL chats take {"type": "text", "text": ...} and {"type": "audio", ...} items, got '
+~ (item | string)[:120]) -}}
 {%- endif -%}
 {%- endfor -%}
 {%- set pal.messages = pal.messages + [dict(message, content=pal.text)] -%}

@@ -9,6 +9,7 @@ import re
 import threading
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pytest
 import soundfile
@@ -691,6 +692,18 @@ def test_unreachable_url_raises_naming_it(pal, tmp_path):
         server.shutdown()
     with pytest.raises(ValueError, match=rf"prompt 0, clip 0: cannot fetch audio {re.escape(url)}: .*refused"):
         processor(text=ask(processor, 1), audio=url)
+
+
+@pytest.mark.parametrize(
+    "item", ("a plain string", {"type": "text"}, {"text": "no type"}, {"type": "image", "url": "cat.png"}), ids=str
+)
+def test_chat_items_that_are_not_text_or_audio_raise_showing_the_item(item, pal):
+    """A content item without a type or text said "got a  item", or raised jinja2's UndefinedError."""
+    _, processor = pal()
+    chat = [{"role": "user", "content": [item, {"type": "text", "text": "?"}]}]
+    pattern = r'PAL chats take \{"type": "text", "text": ...\} and \{"type": "audio", ...\} items, got '
+    with pytest.raises(jinja2.TemplateError, match=pattern + re.escape(str(item))):
+        processor.apply_chat_template(chat)
 
 
 def test_chat_arrays_take_the_given_sampling_rate(pal):
