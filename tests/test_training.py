@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import yaml
 from datasets import load_from_disk
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -618,3 +619,13 @@ def test_malformed_recipe_files_are_refused_with_the_reason(text, match, tmp_pat
     (tmp_path / "recipe.yaml").write_text(text)
     with pytest.raises(ValueError, match=match):
         load_recipe(tmp_path / "recipe.yaml")
+
+
+def test_deepspeed_config_takes_batch_and_clipping_settings_from_the_recipe():
+    from accelerate.utils import DeepSpeedPlugin
+
+    settings = yaml.safe_load((REPO / "examples/accelerate/deepspeed_zero2.yaml").read_text())["deepspeed_config"]
+    plugin = DeepSpeedPlugin(**{k: v for k, v in settings.items() if k != "zero3_init_flag"})
+    # a fixed value here that differs from the recipe's TrainingArguments makes Trainer refuse to start
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+        assert plugin.deepspeed_config.get(key, "auto") == "auto", key
