@@ -89,24 +89,33 @@ def evaluate_and_write(model, processor, rows, split: str, args: argparse.Namesp
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     if args.mmau_output:
-        choice_rows = [i for i, choices in enumerate(rows["choices"]) if choices]  # MMAU is multiple choice
-        plain_rows = without_audio(rows)
-        records = to_mmau_records(
-            [plain_rows[i] for i in choice_rows], [predictions[i] for i in choice_rows], exclude=("messages",)
-        )
-        write_mmau_json(args.mmau_output.replace("{split}", split), records)
+        write_mmau_json(args.mmau_output.replace("{split}", split), mmau_records(rows, predictions))
 
 
-def main() -> None:
-    args = parse_args()
+def mmau_records(rows, predictions: Sequence[str]) -> list[dict]:
+    """The multiple-choice rows (MMAU's kind) with their predictions as MMAU records, validated."""
+    choice_rows = [i for i, choices in enumerate(rows["choices"]) if choices]
+    plain_rows = without_audio(rows)
+    return to_mmau_records(
+        [plain_rows[i] for i in choice_rows], [predictions[i] for i in choice_rows], exclude=("messages",)
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     dataset = load_splits(args.dataset, args.split)  # before the model, so a wrong split fails fast
+    splits = {split: dataset[split] for split in args.split}
+    if args.limit:
+        splits = {split: rows.select(range(min(args.limit, len(rows)))) for split, rows in splits.items()}
+    for split, rows in splits.items() if args.mmau_output else ():
+        try:  # rows that MMAU's evaluation.py cannot read fail now, not after generation
+            mmau_records(rows, [""] * len(rows))
+        except ValueError as error:
+            sys.exit(f"error: --mmau-output: split {split!r}: {error}")
     torch.manual_seed(0)
     model = AutoModelForMultimodalLM.from_pretrained(args.model).eval()
     processor = AutoProcessor.from_pretrained(args.model)
-    for split in args.split:
-        rows = dataset[split]
-        if args.limit:
-            rows = rows.select(range(min(args.limit, len(rows))))
+    for split, rows in splits.items():
         evaluate_and_write(model, processor, rows, split, args)
 
 

@@ -34,6 +34,21 @@ def dataset_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def mmau_dataset_dir(dataset_dir, tmp_path_factory) -> Path:
+    """PAL-Synth's test splits with MMAU's task and difficulty on their multiple-choice rows."""
+    from datasets import load_from_disk
+
+    def as_mmau(row: dict) -> dict:
+        return {"task": "sound", "difficulty": "easy"} if row["choices"] else {"difficulty": ""}
+
+    out = tmp_path_factory.mktemp("mmau")
+    dataset = load_from_disk(str(dataset_dir))
+    dataset = type(dataset)({split: dataset[split].map(as_mmau) for split in ("test", "test_compositional")})
+    dataset.save_to_disk(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
 def checkpoint(saved_pal_checkpoint) -> Path:
     return Path(saved_pal_checkpoint("lal"))
 
@@ -202,11 +217,11 @@ def evaluate_command(checkpoint: Path, dataset_dir: Path, *args: str) -> list[st
     return script + ["--model", str(checkpoint), "--dataset", str(dataset_dir), *args]
 
 
-def test_evaluate_script_writes_a_report_and_mmau_export_per_split(dataset_dir, checkpoint, tmp_path):
+def test_evaluate_script_writes_a_report_and_mmau_export_per_split(mmau_dataset_dir, checkpoint, tmp_path):
     splits = ["test", "test_compositional"]
     command = evaluate_command(
         checkpoint,
-        dataset_dir,
+        mmau_dataset_dir,
         "--split",
         *splits,
         "--output",
@@ -223,7 +238,7 @@ def test_evaluate_script_writes_a_report_and_mmau_export_per_split(dataset_dir, 
     assert result.stdout.count("| task | n | metric |") == 2
     from datasets import load_from_disk
 
-    dataset = load_from_disk(str(dataset_dir))
+    dataset = load_from_disk(str(mmau_dataset_dir))
     for split in splits:
         report = json.loads((tmp_path / f"report-{split}.json").read_text())
         assert report["split"] == split and report["metrics"] and report["limit"] == 4
@@ -231,7 +246,16 @@ def test_evaluate_script_writes_a_report_and_mmau_export_per_split(dataset_dir, 
         assert [row["id"] for row in report["predictions"]] == dataset[split]["id"][:4]
         records = json.loads((tmp_path / f"mmau-{split}.json").read_text())
         validate_mmau_records(records)
-        assert all(set(MMAU_FIELDS) <= set(record) and "audio" not in record for record in records)
+        assert records and all(set(MMAU_FIELDS) <= set(record) and "audio" not in record for record in records)
+
+
+def test_mmau_export_of_rows_mmau_cannot_score_fails_before_the_model_loads(evaluate_script, dataset_dir, tmp_path):
+    """PAL-Synth's rows have PAL's tasks and no difficulty: MMAU's evaluation.py raised a KeyError on the export."""
+    (tmp_path / "empty").mkdir()  # no model in it: only the MMAU check can stop the script before loading
+    argv = ["--model", str(tmp_path / "empty"), "--dataset", str(dataset_dir), "--output", str(tmp_path / "r.json")]
+    with pytest.raises(SystemExit, match="--mmau-output: split 'test': MMAU record 0 .* has no field 'difficulty'"):
+        evaluate_script.main([*argv, "--mmau-output", str(tmp_path / "mmau.json")])
+    assert not list(tmp_path.glob("*.json"))
 
 
 def test_evaluate_script_needs_a_split_placeholder_for_several_splits(dataset_dir, checkpoint, tmp_path):

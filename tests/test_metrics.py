@@ -258,8 +258,16 @@ def _mmau_rows() -> list[dict]:
             "choices": ["Piano", "Violin"],
             "answer": "Violin",
             "task": "music",
+            "difficulty": "easy",
         },
-        {"id": "q3", "question": "How many speakers are there?", "choices": ["One", "Two"], "answer": "Two"},
+        {
+            "id": "q3",
+            "question": "How many speakers are there?",
+            "choices": ["One", "Two"],
+            "answer": "Two",
+            "task": "speech",
+            "difficulty": "hard",
+        },
     ]
 
 
@@ -302,6 +310,10 @@ def _set(field, value):
         (_set("answer", ["Violin"]), r"field 'answer' must be a string"),
         (_set("model_prediction", None), r"field 'model_prediction' must be a string, got None"),
         (_set("answer", "Cello"), r"record 1 \(id='q2'\): field 'answer' 'Cello' is not among its choices"),
+        # MMAU's evaluation.py counts accuracy per task and difficulty, in tables of MMAU's values only
+        (_remove("difficulty"), r"record 1 \(id='q2'\) has no field 'difficulty'"),
+        (_set("task", "classification"), r"field 'task' 'classification' is not one of MMAU's \['sound', 'music'"),
+        (_set("difficulty", "Easy"), r"field 'difficulty' 'Easy' is not one of MMAU's \['easy', 'medium', 'hard'\]"),
     ],
 )
 def test_mmau_validation_names_the_bad_record_and_field(edit, message, tmp_path):

@@ -4,7 +4,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .answers import normalize_text, parse_choice
-from .mmau import MMAU_FIELDS, to_mmau_records, validate_mmau_records, write_mmau_json
+from .mmau import (
+    MMAU_DIFFICULTIES,
+    MMAU_FIELDS,
+    MMAU_TASKS,
+    to_mmau_records,
+    validate_mmau_records,
+    write_mmau_json,
+)
 
 if TYPE_CHECKING:
     import evaluate
@@ -38,7 +45,9 @@ def load_metric(name: str, **kwargs) -> "evaluate.EvaluationModule":
 __all__ = [
     "METRICS_DIR",
     "METRIC_NAMES",
+    "MMAU_DIFFICULTIES",
     "MMAU_FIELDS",
+    "MMAU_TASKS",
     "load_metric",
     "normalize_text",
     "parse_choice",

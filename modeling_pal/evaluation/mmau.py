@@ -4,7 +4,10 @@ import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
-MMAU_FIELDS = ("id", "question", "choices", "answer", "model_prediction")
+MMAU_FIELDS = ("id", "question", "choices", "answer", "task", "difficulty", "model_prediction")
+# The official script counts accuracy in tables keyed by these values only (any other is a KeyError there).
+MMAU_TASKS = ("sound", "music", "speech")
+MMAU_DIFFICULTIES = ("easy", "medium", "hard")
 
 
 def to_mmau_records(
@@ -43,8 +46,9 @@ def validate_mmau_records(records: Sequence[Mapping]) -> None:
     """
     Checks records against the MMAU submission format.
 
-    Every record needs the `MMAU_FIELDS`: `choices` a non-empty list of strings, `answer` one of them, and `id`,
-    `question` and `model_prediction` strings.
+    Every record needs the `MMAU_FIELDS`: `choices` a non-empty list of strings, `answer` one of them, `task` one of
+    `MMAU_TASKS`, `difficulty` one of `MMAU_DIFFICULTIES` (the official script reports accuracy per task and
+    difficulty, and fails on any other value), and `id`, `question` and `model_prediction` strings.
 
     Raises:
         `ValueError`: naming the first bad record (by position and id) and field.
@@ -67,6 +71,12 @@ def validate_mmau_records(records: Sequence[Mapping]) -> None:
             raise ValueError(
                 f"{name}: field 'answer' {record['answer']!r} is not among its choices {record['choices']}."
             )
+        for field, allowed in (("task", MMAU_TASKS), ("difficulty", MMAU_DIFFICULTIES)):
+            if record[field] not in allowed:
+                raise ValueError(
+                    f"{name}: field {field!r} {record[field]!r} is not one of MMAU's {list(allowed)}, which its "
+                    "evaluation.py counts accuracy by."
+                )
 
 
 def write_mmau_json(path: str | Path, records: Sequence[Mapping]) -> Path:
