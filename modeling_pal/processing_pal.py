@@ -459,7 +459,7 @@ class PalProcessor(ProcessorMixin):
             AST `max_length` frames).
     """
 
-    text_kwargs = {"padding": True, "padding_side": "left", "return_tensors": "pt"}
+    text_kwargs = {"padding": True, "return_tensors": "pt"}
 
     def __init__(
         self,
@@ -594,10 +594,11 @@ class PalProcessor(ProcessorMixin):
                 Tokenizer options (`text_kwargs={...}` or flat), e.g. `padding_side="right"` for training.
 
         Returns:
-            [`BatchFeature`] with `input_ids` and `attention_mask` `(batch, seq_len)` (left-padded), and per encoder
-            slot k: `audio_features_{k}` `(batch, max_windows, *feature_shape)`, `audio_feature_mask_{k}`
-            `(batch, max_windows, feature_frames)` and `audio_window_clip_{k}` `(batch, max_windows)` (clip index of
-            each window in its prompt, -1 for padding windows). Without any clip only the text entries are returned.
+            [`BatchFeature`] with `input_ids` and `attention_mask` `(batch, seq_len)` (padded on the tokenizer's
+            `padding_side`, left unless changed), and per encoder slot k: `audio_features_{k}` `(batch, max_windows,
+            *feature_shape)`, `audio_feature_mask_{k}` `(batch, max_windows, feature_frames)` and
+            `audio_window_clip_{k}` `(batch, max_windows)` (clip index of each window in its prompt, -1 for padding
+            windows). Without any clip only the text entries are returned.
 
         Raises:
             `ValueError` naming the problem: no prompt, a `text` that is not prompts (a chat, say), images or videos,

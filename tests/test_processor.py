@@ -627,6 +627,24 @@ def test_collate_equals_one_call(pal):
         assert all(torch.equal(merged[name], batch[name]) for name in batch), side
 
 
+def test_the_tokenizers_padding_side_is_followed_by_every_entry_point(pal):
+    """
+    `processor.tokenizer.padding_side = "right"` (the usual switch for training) right-pads the batches of the
+    processor and of `apply_chat_template`, as it did those of `collate`; they stayed left-padded.
+    """
+    processor = copy.deepcopy(pal()[1])
+    texts = ["short", "a much longer prompt than that one"]
+    chats = [[{"role": "user", "content": text}] for text in texts]
+    for side, ends in (("left", [0, 1]), ("right", [1, 0])):
+        processor.tokenizer.padding_side = side
+        for batch in (
+            processor(text=texts),
+            processor.apply_chat_template(chats, tokenize=True, return_dict=True),
+            processor.collate([processor(text=text) for text in texts]),
+        ):
+            assert batch["attention_mask"][0, [0, -1]].tolist() == ends, side
+
+
 def test_flat_and_nested_audio_agree(pal):
     _, processor = pal("llama", "plits")
     texts = [ask(processor, 1), "text only", ask(processor, 1, 2)]
