@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor
 
 import modeling_pal  # noqa: F401  (registers PAL with the Auto classes)
 from modeling_pal.hub import (
+    DEFAULT_LICENSE,
     check_components,
     empty_folder_argument,
     folder_argument,
@@ -51,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="COMPONENT=HUB_ID",
         help="base model of a component ('llm' or an encoder name) when it was composed from a local path",
     )
+    parser.add_argument(
+        "--license",
+        default=DEFAULT_LICENSE,
+        help="license id of the model card (default: %(default)s); a model built on a base model keeps its terms, "
+        "e.g. llama3.2 for Llama 3.2",
+    )
     return parser.parse_args(argv)
 
 
@@ -63,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     model = AutoModelForMultimodalLM.from_pretrained(args.model)
     processor = AutoProcessor.from_pretrained(args.model)
     with nullcontext(args.dry_run) if args.dry_run else tempfile.TemporaryDirectory(prefix="pal-upload-") as folder:
-        write_repository(model, processor, folder, args.repo_id, overrides, source_dir=args.model)
+        write_repository(
+            model, processor, folder, args.repo_id, overrides, source_dir=args.model, license=args.license
+        )
         if api is None:
             print(f"Wrote the repository for {args.repo_id} to {folder} (nothing uploaded)")
             return

@@ -14,6 +14,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 RECIPE_FILE = "pal_recipe.yaml"
 EVAL_FILE = "pal_eval.json"
 TEXT_MODEL_KEY = "llm"
+DEFAULT_LICENSE = "apache-2.0"  # modeling_pal's own; a checkpoint built on a base model takes that model's
 # Files of an earlier upload that a new one may not rewrite: other weight shards, a recipe or report since removed.
 STALE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", RECIPE_FILE, EVAL_FILE]
 
@@ -126,15 +127,25 @@ def _component_cell(name: str) -> str:
     return f"`{name}`" if _is_hub_id(name) else "local checkpoint"
 
 
-def build_model_card(config, repo_id: str, models: dict[str, str], recipe: dict | None, evaluation: dict | None):
-    """A `ModelCard` whose metadata names every Hub base model, with a config summary, recipe and results."""
+def build_model_card(
+    config,
+    repo_id: str,
+    models: dict[str, str],
+    recipe: dict | None,
+    evaluation: dict | None,
+    license: str = DEFAULT_LICENSE,
+):
+    """
+    A `ModelCard` whose metadata names every Hub base model and `license` (a Hub license id: a model built on a base
+    model keeps that model's terms, e.g. `"llama3.2"`), with a config summary, recipe and results.
+    """
     hub_ids = sorted({name for name in models.values() if _is_hub_id(name)})
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="audio-text-to-text",
         base_model=hub_ids or None,
         tags=["pal", "audio-text-to-text", "audio-llm", "modeling_pal"],
-        license="apache-2.0",
+        license=license,
     )
     encoder_rows = "\n".join(
         f"| {s['name']} | {_component_cell(models.get(s['name'], ''))} | {s['integration']} | {s['projector']} "
@@ -168,12 +179,20 @@ def evaluation_table(evaluation: dict) -> str:
     return "\n\n".join(markdown_table(report["metrics"], title=split) for split, report in reports.items())
 
 
-def write_repository(model, processor, out_dir: str | Path, repo_id: str, base_model_overrides=None, source_dir=None):
+def write_repository(
+    model,
+    processor,
+    out_dir: str | Path,
+    repo_id: str,
+    base_model_overrides=None,
+    source_dir=None,
+    license: str = DEFAULT_LICENSE,
+):
     """
     Writes the repository exactly as it would be uploaded: safetensors weights (sharded when large), config with
     `auto_map`, the remote-code files, processor and tokenizer files, generation config and `README.md`.
     The training recipe (`pal_recipe.yaml`) and evaluation report (`pal_eval.json`) of `source_dir` are included
-    when present. `out_dir` must be missing or empty, so that it holds nothing else. Raises if anything pickled ended
+    when present; `license` goes into the card's metadata. `out_dir` must be missing or empty, so that it holds nothing else. Raises if anything pickled ended
     up in the folder.
     """
     check_empty_folder(out_dir)
@@ -188,7 +207,7 @@ def write_repository(model, processor, out_dir: str | Path, repo_id: str, base_m
         if content is not None:
             (out_dir / name).write_text((source / name).read_text())
     models = base_models(model.config, base_model_overrides)
-    build_model_card(model.config, repo_id, models, recipe, evaluation).save(out_dir / "README.md")
+    build_model_card(model.config, repo_id, models, recipe, evaluation, license).save(out_dir / "README.md")
     pickles = [p.name for p in out_dir.rglob("*") if p.suffix in PICKLE_SUFFIXES]
     if pickles:
         raise RuntimeError(f"Refusing to publish pickled files: {pickles}")

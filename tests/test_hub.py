@@ -146,6 +146,17 @@ def test_card_names_components_by_hub_id_and_never_by_local_path(published, tiny
     assert "| whisper | `openai/whisper-large-v3` |" in card.text and card.data.base_model == [BASE_MODELS["whisper"]]
 
 
+def test_card_license_is_the_one_given(published, push_script, tmp_path):
+    """The card claimed apache-2.0 whatever the base models' terms (a Llama 3.2 derivative is llama3.2)."""
+    model, _, _ = published
+    card = build_model_card(model.config, REPO_ID, BASE_MODELS, None, None, license="llama3.2")
+    assert card.data.license == "llama3.2" and "license: llama3.2" in str(card)
+    assert (
+        push_script.parse_args(["--model", str(tmp_path), "--repo-id", REPO_ID, "--license", "llama3.2"]).license
+        == "llama3.2"
+    )
+
+
 def test_evaluation_table_shows_metrics_with_their_chance_level():
     """An `examples/evaluate_pal.py` report: `count`, `chance` and `unparsed` are not metrics."""
     report = {
