@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
@@ -554,6 +555,12 @@ class PalLalAttentionMixin:
     def family_attention_kwargs(self) -> dict:
         return {}
 
+    def init_audio_projections(self) -> None:
+        """Separate `audio_k_proj`/`audio_v_proj` start as the layer's own (except parameters loaded from a checkpoint)."""
+        for audio, own in ((self.audio_k_proj, self.k_proj), (self.audio_v_proj, self.v_proj)):
+            for name, parameter in audio.named_parameters():
+                init.copy_(parameter, own.get_parameter(name))
+
     def audio_key_values(self, inputs: PalLalInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Audio keys/values `(batch, kv_heads, num_audio_columns, head_dim)` of this layer (transposed views), on this
@@ -894,6 +901,14 @@ class PalPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.query_tokens, std=std)
         super()._init_weights(module)
 
+    def _initialize_missing_keys(self, is_quantized: bool) -> None:
+        """
+        Also starts separate audio projections missing from a checkpoint (e.g. one trained with shared ones) as their
+        layer's `k_proj`/`v_proj`; the LLM's own `_init_weights` would draw them at random.
+        """
+        super()._initialize_missing_keys(is_quantized)
+        self.base_model.init_separate_audio_projections()
+
 
 def _gather_columns(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
@@ -935,6 +950,11 @@ class PalModel(PalPreTrainedModel):
                 )
         self._install_lal_attention()
         self.post_init()
+
+    def init_separate_audio_projections(self) -> None:
+        """With `lal_kv_source="separate"`, each LAL layer's audio projections start as its `k_proj`/`v_proj`."""
+        for layer_idx in self.config.lal_layers if self.config.lal_kv_source == "separate" else []:
+            self.language_model.layers[layer_idx].self_attn.init_audio_projections()
 
     def _plits_projector(self, settings: dict, width: int) -> nn.Module:
         hidden = self.config.text_config.hidden_size
@@ -1518,10 +1538,7 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
         for tower, encoder in zip(self.model.audio_towers, encoders):
             tower.load_state_dict(encoder.state_dict())
             tower.to(encoder.dtype)
-        for layer_idx in self.config.lal_layers if self.config.lal_kv_source == "separate" else []:
-            attention = self.model.language_model.layers[layer_idx].self_attn
-            attention.audio_k_proj.load_state_dict(attention.k_proj.state_dict())
-            attention.audio_v_proj.load_state_dict(attention.v_proj.state_dict())
+        self.model.init_separate_audio_projections()
         if vocab_size != self.config.text_config.vocab_size:
             self.resize_token_embeddings(vocab_size)
         self.tie_weights()

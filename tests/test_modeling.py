@@ -22,6 +22,7 @@ from helpers import (
 from transformers import AutoModelForCausalLM, WhisperFeatureExtractor
 
 import modeling_pal.modeling_pal
+from modeling_pal import PalForConditionalGeneration
 from modeling_pal.modeling_pal import PalJointKV
 
 INTEGRATIONS = ("plits", "lal")
@@ -350,3 +351,22 @@ def test_audio_inputs_for_missing_slots_or_other_batches_are_refused(pal_model, 
         ):
             with pytest.raises(ValueError, match="batch size 1 but the text has 2"):
                 model(**text, **audio)
+
+
+def test_separate_audio_projections_start_from_the_layers_own(pal_model, tmp_path):
+    """
+    `lal_kv_source="separate"` switched on when loading a checkpoint trained with shared projections: the new
+    `audio_k_proj`/`audio_v_proj` start as the layer's `k_proj`/`v_proj` (as documented), and trained ones load as saved.
+    """
+    pal_model("qwen2", "lal").save_pretrained(tmp_path / "shared")  # Qwen2: k/v biases too
+    model = PalForConditionalGeneration.from_pretrained(tmp_path / "shared", lal_kv_source="separate")
+    attentions = [model.model.language_model.layers[layer].self_attn for layer in model.config.lal_layers]
+    for attention in attentions:
+        for audio, own in ((attention.audio_k_proj, attention.k_proj), (attention.audio_v_proj, attention.v_proj)):
+            assert torch.equal(audio.weight, own.weight) and torch.equal(audio.bias, own.bias)
+    with torch.no_grad():
+        attentions[0].audio_k_proj.weight.mul_(2)
+    model.save_pretrained(tmp_path / "separate")
+    reloaded = PalForConditionalGeneration.from_pretrained(tmp_path / "separate")
+    audio_k_proj = reloaded.model.language_model.layers[model.config.lal_layers[0]].self_attn.audio_k_proj
+    assert torch.equal(audio_k_proj.weight, attentions[0].audio_k_proj.weight)
