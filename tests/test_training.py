@@ -493,6 +493,20 @@ def test_an_earlier_run_is_refused_or_overwritten_and_resume_checks_settings(
     assert run_curriculum(recipe, tmp_path, data=rows, resume=True).stages  # a state from before settings were kept
 
 
+def test_overwrite_with_a_bad_data_or_components_path_keeps_the_earlier_run(
+    tiny_llm_dir, tiny_whisper_dir, synth, tmp_path
+):
+    recipe = tiny_recipe(
+        tiny_llm_dir("llama"), tiny_whisper_dir, [{"train": ["connectors"], "args": {"max_steps": 1}}]
+    )
+    run_curriculum(recipe, tmp_path, data=synth.select(range(2)))
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    for paths in ({"data": str(tmp_path / "typo")}, {"data": synth, "components": str(tmp_path / "typo")}):
+        with pytest.raises(FileNotFoundError, match="typo"):
+            run_curriculum(recipe, tmp_path, overwrite=True, **paths)
+        assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
+
+
 @pytest.mark.parametrize(
     "mistake",
     [

@@ -220,12 +220,20 @@ def _encoded_audio(dataset: Dataset) -> Dataset:
     return dataset
 
 
+def _components_folder(recipe: dict, components: str | Path | None) -> str | Path | None:
+    """`run_curriculum`'s components, else the recipe's: a folder, `tiny` or `None` (Hub ids); a missing folder
+    raises."""
+    components = components if components is not None else recipe.get("components")
+    if components not in (None, "tiny") and not Path(components).is_dir():
+        raise FileNotFoundError(f"components folder not found: {components}")
+    return components
+
+
 def _resolve_components(
     recipe: dict, components, dataset: Dataset, output_dir: Path, state: PartialState, fresh: bool
 ) -> str | None:
     """The components directory; `tiny` builds tiny random components on the main process (again in a fresh run,
     whose recipe or data may differ from the last one's)."""
-    components = components if components is not None else recipe.get("components")
     if components != "tiny":
         return components
     target = output_dir / "components"
@@ -518,9 +526,10 @@ def run_curriculum(
     stage_args = _all_training_args(recipe, output_dir, max_steps_per_stage, use_cpu, trainer == "trl")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
+    dataset, eval_dataset = load_training_data(recipe, data)  # a bad path fails before an earlier run is removed
+    components = _components_folder(recipe, components)
     if not resume:
         _start_fresh(output_dir, overwrite, distributed)
-    dataset, eval_dataset = load_training_data(recipe, data)
     components = _resolve_components(recipe, components, dataset, output_dir, distributed, fresh=not resume)
     settings = {
         "data": _setting(data),
