@@ -17,6 +17,7 @@ from modeling_pal.hub import (
     empty_folder_argument,
     folder_argument,
     hub_api,
+    repo_id_argument,
     upload_repository,
     write_repository,
 )
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model", required=True, type=folder_argument, help="a PAL checkpoint directory (model + processor)"
     )
-    parser.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
+    parser.add_argument("--repo-id", required=True, type=repo_id_argument, help="ORG/NAME on the Hub")
     parser.add_argument("--private", action="store_true")
     parser.add_argument(
         "--dry-run",

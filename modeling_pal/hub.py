@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .evaluation.runner import markdown_table
 
@@ -90,6 +91,15 @@ def checkpoint_argument(text: str) -> str:
     if Path(text).is_dir() or _is_hub_id(text):
         return text
     raise argparse.ArgumentTypeError(f"no such checkpoint folder: {text}")
+
+
+def repo_id_argument(text: str) -> str:
+    """argparse type of a Hub repository id (`name` or `namespace/name`), refused with the Hub's own rules."""
+    try:
+        validate_repo_id(text)
+    except HFValidationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return text
 
 
 def positive_int(text: str) -> int:

@@ -213,6 +213,14 @@ def test_dry_run_writes_only_into_a_new_or_empty_folder(published, push_script, 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model-00001-of-00002.safetensors"]
 
 
+@pytest.mark.parametrize("repo_id", ["my org/pal", "https://huggingface.co/org/pal", "org/pal/"])
+def test_invalid_repo_id_is_a_usage_error(repo_id, push_script, capsys, tmp_path):
+    """It failed only at the upload, after the model had loaded and its repository had been written."""
+    with pytest.raises(SystemExit):
+        push_script.parse_args(["--model", str(tmp_path), "--repo-id", repo_id, "--dry-run", str(tmp_path / "out")])
+    assert "argument --repo-id: Repo id must" in capsys.readouterr().err
+
+
 def test_push_checks_the_hub_before_loading_the_model(push_script, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "not-loaded").mkdir()  # holds no model: loading it first would fail otherwise
