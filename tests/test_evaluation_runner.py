@@ -63,6 +63,18 @@ def test_prompt_messages_fill_the_rows_audio_and_drop_the_answer(dataset_dir):
     assert len(audio_items) == 1 and audio_items[0]["audio"].ndim == 1
 
 
+def test_a_chat_without_an_answer_turn_is_the_prompt_as_a_whole(dataset_dir):
+    """Rows whose answer is only in the `answer` column failed with "max() arg is an empty sequence"."""
+    from datasets import load_from_disk
+
+    row = load_from_disk(str(dataset_dir))["test"][0]
+    question_only = {**row, "task": "captioning", "messages": row["messages"][:-1]}
+    prompt = prompt_messages(question_only)
+    assert [message["content"][-1]["text"] for message in prompt] == [row["messages"][0]["content"][-1]["text"]]
+    from_file = {**question_only, "audio": "clip.wav"}
+    assert reference_groups([from_file, from_file]) == [[0, 1]]  # one clip, one question: one generation
+
+
 def test_scores_reference_answers_perfectly(dataset_dir):
     from datasets import load_from_disk
 

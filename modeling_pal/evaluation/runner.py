@@ -20,16 +20,21 @@ SCORED_TASKS = CHOICE_TASKS + CAPTION_TASKS + ASR_TASKS
 GREEDY = {"do_sample": False, "num_beams": 1}
 
 
+def _prompt_turns(messages: list[dict]) -> list[dict]:
+    """The turns before the last assistant turn (the answer); all of them in a chat that holds no answer."""
+    answers = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+    return messages[: answers[-1]] if answers else messages
+
+
 def prompt_messages(row: dict) -> list[dict]:
     """
     The row's chat up to (not including) its last assistant turn, as `PalProcessor.apply_chat_template` takes it:
-    each audio item holds its clip as a 16 kHz array (items without a value take the row's `audio` column).
+    each audio item holds its clip as a 16 kHz array (items without a value take the row's `audio` column). A chat
+    without an assistant turn (the answer only in the `answer` column) is the prompt as a whole.
     """
     from ..training.collator import normalize_messages
 
-    messages = row["messages"]
-    last_assistant = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
-    prompt, clips = normalize_messages(messages[:last_assistant], row.get("audio"))
+    prompt, clips = normalize_messages(_prompt_turns(row["messages"]), row.get("audio"))
     clips = iter(clips)
     for message in prompt:
         for item in message["content"] if isinstance(message["content"], list) else []:
@@ -67,10 +72,8 @@ def _clip_identities(rows) -> list[str | None]:
 def _prompt_identity(row: dict, clip: str) -> str | None:
     """The row's prompt (its chat before the last answer) and clip as one key; `None` when an audio item of the
     chat holds decoded samples or bytes (they have no identity short of hashing them)."""
-    messages = row["messages"]
-    last_assistant = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
     try:
-        return json.dumps([messages[:last_assistant], clip], sort_keys=True)
+        return json.dumps([_prompt_turns(row["messages"]), clip], sort_keys=True)
     except TypeError:
         return None
 
