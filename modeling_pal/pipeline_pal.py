@@ -64,22 +64,30 @@ class AudioTextToTextPipeline(AnyToAnyPipeline):
         return super().__call__(text=text, images=images, videos=videos, audio=audio, **kwargs)
 
     def preprocess(self, inputs=None, timeout=None, continue_final_message=None, **processing_kwargs):
-        """Prompts with audio go to the processor as they are, so files are decoded at their own rate."""
+        """
+        Prompts (dicts) go to the processor as they are, so files are decoded at their own rate, and one that is
+        itself a batch is left-padded for generation whatever the tokenizer's side; chats go to `apply_chat_template`.
+        """
         if not isinstance(inputs, (str, list, tuple, dict, Chat)):
             raise ValueError(
                 "The pipeline takes a prompt, a chat or a dict with 'text' (and 'audio'), or a list, generator or "
                 f"dataset of them; got {type(inputs).__name__}"
             )
-        if not isinstance(inputs, dict) or inputs.get("audio") is None:
+        if not isinstance(inputs, dict):
             return super().preprocess(
                 inputs, timeout=timeout, continue_final_message=continue_final_message, **processing_kwargs
             )
         processor_kwargs = processing_kwargs.pop("processor_kwargs", None) or processing_kwargs
-        media = {name: inputs.get(name) for name in ("images", "videos")}  # the processor refuses those it lacks
+        media = {
+            name: inputs.get(name) for name in ("audio", "images", "videos")
+        }  # the processor refuses what it lacks
         model_inputs = self.processor(
-            text=inputs["text"], audio=inputs["audio"], **media, return_tensors="pt", **processor_kwargs
+            text=inputs.get("text"),
+            **media,
+            return_tensors="pt",
+            **{"padding": True, **processor_kwargs, "padding_side": "left"},
         ).to(dtype=self.dtype)
-        model_inputs["text"] = inputs["text"]
+        model_inputs["text"] = inputs.get("text")
         return model_inputs
 
     def get_iterator(
@@ -103,14 +111,17 @@ class AudioTextToTextPipeline(AnyToAnyPipeline):
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 
     def _collate(self, items: list[dict]) -> dict:
-        """Preprocessed prompts → one batch; their `text` (prompt or chat, for the outputs) stays a list."""
+        """
+        Preprocessed prompts → one batch, left-padded for generation whatever the tokenizer's side; their `text`
+        (prompt or chat, for the outputs) stays a list.
+        """
         if any(len(item["input_ids"]) != 1 for item in items):
             raise ValueError(
                 "With batch_size > 1 every input must be one prompt; an input that is itself a batch (`text=[...]` "
                 "inside a dict) goes with batch_size=1, or pass its prompts as separate inputs"
             )
         batch = self.processor.collate(
-            [{name: value for name, value in item.items() if name != "text"} for item in items]
+            [{name: value for name, value in item.items() if name != "text"} for item in items], padding_side="left"
         )
         batch["text"] = [item["text"] for item in items]
         return batch

@@ -180,6 +180,22 @@ def test_batch_size_two_equals_one_by_one(checkpoint, cases):
         pipe([nested, prompts[1]], max_new_tokens=NEW_TOKENS, batch_size=2)
 
 
+def test_batches_are_left_padded_whatever_the_tokenizers_side(checkpoint, cases):
+    """
+    Generation needs left padding: a tokenizer switched to right padding (for training, say) right-padded the
+    pipeline's batches, and inputs that are themselves batches, and changed their answers.
+    """
+    pipe = pipeline("audio-text-to-text", model=checkpoint)
+    prompts = [cases["text+array"], {"text": "a prompt without audio, and longer"}]
+    alone = [out[0]["generated_text"] for out in pipe(prompts, max_new_tokens=NEW_TOKENS, return_full_text=False)]
+    pipe.processor.tokenizer.padding_side = "right"
+    batched = pipe(prompts, max_new_tokens=NEW_TOKENS, return_full_text=False, batch_size=2)
+    assert [out[0]["generated_text"] for out in batched] == alone
+    texts = [prompt["text"] for prompt in prompts]  # one input that is itself a batch
+    as_one = pipe(text=texts, audio=[prompts[0]["audio"]], max_new_tokens=NEW_TOKENS, return_full_text=False)
+    assert [out["generated_text"] for out in as_one] == alone
+
+
 def test_any_to_any_audio_path_takes_the_first_extractors_rate(tiny_llm_dir, tiny_encoder_dir, tmp_path, monkeypatch):
     """
     docs/processing.md: "any-to-any" loads an `audio=` path at the first feature extractor's rate (CLAP's 48 kHz
