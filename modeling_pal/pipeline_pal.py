@@ -78,15 +78,9 @@ class AudioTextToTextPipeline(AnyToAnyPipeline):
                 inputs, timeout=timeout, continue_final_message=continue_final_message, **processing_kwargs
             )
         processor_kwargs = processing_kwargs.pop("processor_kwargs", None) or processing_kwargs
-        media = {
-            name: inputs.get(name) for name in ("audio", "images", "videos")
-        }  # the processor refuses what it lacks
-        model_inputs = self.processor(
-            text=inputs.get("text"),
-            **media,
-            return_tensors="pt",
-            **{"padding": True, **processor_kwargs, "padding_side": "left"},
-        ).to(dtype=self.dtype)
+        media = {name: inputs.get(name) for name in ("audio", "images", "videos")}  # PAL's processor refuses images
+        processor_kwargs = {"padding": True, **processor_kwargs, "padding_side": "left", "return_tensors": "pt"}
+        model_inputs = self.processor(text=inputs.get("text"), **media, **processor_kwargs).to(dtype=self.dtype)
         model_inputs["text"] = inputs.get("text")
         return model_inputs
 
