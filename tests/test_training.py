@@ -200,6 +200,17 @@ def test_labels_are_exactly_the_answers(
         assert torch.isfinite(model(**{k: v for k, v in batch.items() if k != "row_ids"}).loss)
 
 
+def test_trainer_dropping_the_chat_columns_gets_a_clear_error(
+    pal_model, tiny_llm_dir, tiny_whisper_dir, synth, tmp_path
+):
+    model = pal_model("llama", "plits")
+    processor = PalProcessor.from_components(tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, model.config)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to="none", use_cpu=True)  # drops columns
+    trainer = PalTrainer(model=model, args=args, train_dataset=synth, data_collator=PalDataCollator(processor))
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        next(iter(trainer.get_train_dataloader()))
+
+
 def test_long_rows_lose_their_answer_tail_or_are_skipped(pal_model, tiny_llm_dir, tiny_whisper_dir, synth):
     model = pal_model("llama", "plits")
     processor = PalProcessor.from_components(tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, model.config)

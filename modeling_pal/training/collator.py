@@ -127,6 +127,11 @@ class PalDataCollator:
 
     def prepare(self, row: Mapping) -> PreparedRow:
         """Normalizes one row's chat, renders it and finds the character span of every assistant answer."""
+        if "messages" not in row:
+            raise ValueError(
+                f"A row needs a `messages` column (its chat), got the columns {sorted(row)}; with `Trainer`, set "
+                "`remove_unused_columns=False` so that it passes the raw `messages` and `audio` columns"
+            )
         messages, clips = normalize_messages(row["messages"], row.get("audio"))
         text = self._render(messages)
         spans = []
