@@ -504,6 +504,17 @@ def test_an_earlier_run_is_refused_or_overwritten_and_resume_checks_settings(
     assert run_curriculum(recipe, tmp_path, data=rows, resume=True).stages  # a state from before settings were kept
 
 
+def test_a_stage_without_rows_fails_the_run_at_its_start(tiny_llm_dir, tiny_whisper_dir, synth, tmp_path):
+    stages = [{"train": ["connectors"], "args": {"max_steps": 1}}, {"train": ["connectors"], "subset": 1}]
+    recipe = tiny_recipe(tiny_llm_dir("llama"), tiny_whisper_dir, stages)
+    open_rows = synth.filter(lambda task_type: task_type == "open", input_columns="task_type")
+    with pytest.raises(ValueError, match="^Stage 2: subset 1 has no training rows"):
+        run_curriculum(recipe, tmp_path, data=open_rows)
+    with pytest.raises(ValueError, match="^Stage 2: subset 1 needs a `task_type` column"):
+        run_curriculum(recipe, tmp_path, data=synth.remove_columns("task_type"))
+    assert not (tmp_path / "stage1").exists()
+
+
 def test_overwrite_with_a_bad_data_or_components_path_keeps_the_earlier_run(
     tiny_llm_dir, tiny_whisper_dir, synth, tmp_path
 ):

@@ -415,7 +415,7 @@ class _Run:
     trl: bool
     lora: dict | None
     stage_args: list[TrainingArguments]
-    eval_dataset: Dataset | None
+    stage_data: list[tuple[Dataset, Dataset | None]]
     resume: bool
     callbacks: Sequence[TrainerCallback]
 
@@ -446,18 +446,42 @@ class _Run:
         return str(base)
 
 
-def _stage_rows(stage: dict, rows: Dataset | None) -> Dataset | None:
-    """The rows of `rows` (training or evaluation rows, or `None`) that the stage's `subset` keeps."""
-    return stage_subset(rows, stage["subset"]) if "subset" in stage and rows is not None else rows
+def _subset_rows(number: int, stage: dict, rows: Dataset | None) -> Dataset | None:
+    """The rows of `rows` (training or evaluation rows, or `None`) that stage `number`'s `subset` keeps."""
+    if rows is None or "subset" not in stage:
+        return rows
+    if "task_type" not in rows.column_names:
+        raise ValueError(
+            f"Stage {number}: subset {stage['subset']} needs a `task_type` column (docs/data_schema.md); the data has "
+            f"{rows.column_names}"
+        )
+    return stage_subset(rows, stage["subset"])
 
 
-def _run_stage(run: _Run, number: int, stage: dict, model, dataset: Dataset) -> tuple[torch.nn.Module, StageResult]:
+def _stage_data(recipe: dict, stage_args: list, dataset: Dataset, eval_dataset: Dataset | None) -> list[tuple]:
+    """
+    Each stage's training rows and evaluation rows (`None` when it does not evaluate), computed before any training
+    so that a stage left without rows fails the run at its start.
+    """
+    stage_data = []
+    for number, (stage, args) in enumerate(zip(recipe["stages"], stage_args), 1):
+        train, evaluation = (_subset_rows(number, stage, rows) for rows in (dataset, eval_dataset))
+        evaluation = evaluation if args.eval_strategy != "no" else None
+        source = f"subset {stage['subset']}" if "subset" in stage else "the data"
+        for kind, rows in (("training", train), ("evaluation", evaluation)):
+            if rows is not None and len(rows) == 0:
+                raise ValueError(f"Stage {number}: {source} has no {kind} rows")
+        stage_data.append((train, evaluation))
+    return stage_data
+
+
+def _run_stage(run: _Run, number: int, stage: dict, model) -> tuple[torch.nn.Module, StageResult]:
     """Trains one stage (from its last checkpoint when resuming) and saves the model and processor."""
     start = time.perf_counter()
     name = stage.get("name", f"stage{number}")
     run.state["lora_base"] = run.lora_base(model, stage)
     model, trainable = _prepare_stage(model, list(stage["train"]), run)
-    stage_data = _stage_rows(stage, dataset)
+    stage_data, eval_data = run.stage_data[number - 1]
     if run.distributed.is_main_process:
         logger.info(f"Stage {number} ({name}): {len(stage_data)} rows; trainable parameters {trainable}")
     args = run.stage_args[number - 1]
@@ -470,7 +494,7 @@ def _run_stage(run: _Run, number: int, stage: dict, model, dataset: Dataset) -> 
         model=model,
         args=args,
         train_dataset=stage_data,
-        eval_dataset=_stage_rows(stage, run.eval_dataset),
+        eval_dataset=eval_data,
         data_collator=run.collator,
         processing_class=run.collator.processor,
         callbacks=[*run.callbacks, *budget],
@@ -526,7 +550,9 @@ def run_curriculum(
     stage_args = _all_training_args(recipe, output_dir, max_steps_per_stage, use_cpu, trainer == "trl")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
-    dataset, eval_dataset = load_training_data(recipe, data)  # a bad path fails before an earlier run is removed
+    # a bad path or a stage without rows fails before an earlier run is removed
+    dataset, eval_dataset = load_training_data(recipe, data)
+    stage_data = _stage_data(recipe, stage_args, dataset, eval_dataset)
     components = _components_folder(recipe, components)
     if not resume:
         _start_fresh(output_dir, overwrite, distributed)
@@ -549,14 +575,14 @@ def run_curriculum(
         trl=trainer == "trl",
         lora=recipe.get("lora", {}) if lora else None,
         stage_args=stage_args,
-        eval_dataset=eval_dataset,
+        stage_data=stage_data,
         resume=resume,
         callbacks=callbacks,
     )
     results = [StageResult(**entry) for entry in state["completed"]]
     for number, stage in enumerate(recipe["stages"], 1):
         if number > len(results):
-            model, result = _run_stage(run, number, stage, model, dataset)
+            model, result = _run_stage(run, number, stage, model)
             results.append(result)
             run.save_state(results)
     return CurriculumResult(model, processor, results)
