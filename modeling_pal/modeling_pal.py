@@ -1024,6 +1024,11 @@ class PalModel(PalPreTrainedModel):
         if audio_window_clip is None:
             audio_window_clip = torch.zeros(batch, num_windows, dtype=torch.long, device=audio_features.device)
         present = audio_window_clip >= 0
+        if not present.any():  # padding windows only (the text-only rows of a batch): no token to encode
+            width = adapter.width(tower.config)
+            hidden = torch.zeros(batch, num_windows, 0, width, dtype=self.language_model.dtype, device=tower.device)
+            mask = torch.zeros(batch, num_windows, 0, dtype=torch.bool, device=tower.device)
+            return PalAudioFeatures(last_hidden_state=hidden, audio_mask=mask, window_clip=audio_window_clip)
         features = audio_features[present].to(tower.device, tower.dtype)
         window_length = features.shape[adapter.frame_axis]
         lengths = (
@@ -1103,9 +1108,9 @@ class PalModel(PalPreTrainedModel):
         """
         pieces, keys = [], []
         for slot, settings in enumerate(self.config.audio_encoders):
-            if settings["name"] not in audio or settings["name"] not in self.plits_projectors:
+            features = audio.get(settings["name"])
+            if features is None or settings["name"] not in self.plits_projectors or not features.audio_mask.any():
                 continue
-            features = audio[settings["name"]]
             batch, num_windows, length, width = features.last_hidden_state.shape
             embeds, valid = self.plits_projectors[settings["name"]](
                 features.last_hidden_state.reshape(-1, length, width), features.audio_mask.reshape(-1, length)
@@ -1149,9 +1154,9 @@ class PalModel(PalPreTrainedModel):
 
     def _lal_inputs(self, audio: dict[str, PalAudioFeatures], markers: torch.Tensor) -> PalLalInputs | None:
         columns = self._lal_columns(audio)
-        if not columns:
+        valid = torch.cat([column[2] for column in columns], dim=1) if columns else None
+        if valid is None or valid.shape[1] == 0:  # no audio column in the batch: plain attention
             return None
-        valid = torch.cat([column[2] for column in columns], dim=1)
         clip = torch.cat([column[3] for column in columns], dim=1)
         states, norms = {}, {}
         for layer_idx in self.config.lal_layers:

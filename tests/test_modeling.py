@@ -14,6 +14,7 @@ from helpers import (
     check_save_load,
     clip,
     greedy,
+    last_logits,
     loss_and_gradients,
     prompt,
     sharpened,
@@ -370,3 +371,18 @@ def test_separate_audio_projections_start_from_the_layers_own(pal_model, tmp_pat
     reloaded = PalForConditionalGeneration.from_pretrained(tmp_path / "separate")
     audio_k_proj = reloaded.model.language_model.layers[model.config.lal_layers[0]].self_attn.audio_k_proj
     assert torch.equal(audio_k_proj.weight, attentions[0].audio_k_proj.weight)
+
+
+@pytest.mark.parametrize("integration", ["lal", "plits", "hybrid"])
+def test_text_only_rows_sliced_from_a_batch_run_alone(integration, pal_model, extractor):
+    """
+    A text-only row of a processor batch has padding windows only (a per-sample loop, or a batch split across
+    devices): it runs like its text alone, without calling the encoder on zero windows.
+    """
+    model = pal_model("llama", integration)
+    inputs = build_inputs(model, extractor, [[prompt(3), clip(1.0, 20), prompt(3, 40)], [prompt(7, 30)]])
+    row = {name: value[1:] for name, value in inputs.items()}
+    assert (row["audio_window_clip_0"] == -1).all()
+    text = {"input_ids": row["input_ids"], "attention_mask": row["attention_mask"]}
+    torch.testing.assert_close(last_logits(model, row), last_logits(model, text), rtol=0, atol=0)
+    assert torch.equal(greedy(model, row), greedy(model, text))
