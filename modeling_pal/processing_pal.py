@@ -54,8 +54,8 @@ def _fetch_url(url: str) -> bytes:
 
 def _decode_file(source: str | Path | bytes | bytearray | memoryview | BinaryIO) -> tuple[np.ndarray, int]:
     """
-    Decodes a path, an http(s) URL, encoded bytes or a binary file object at the file's own rate: `(samples,
-    channels)` and the rate.
+    Decodes a path, an http(s) URL, encoded bytes or a binary file object at the file's own rate: mono samples
+    `(samples,)` (its channels averaged, however many) and the rate.
     """
     label = repr(source)[:80]
     if isinstance(source, str) and source.startswith(("http://", "https://")):
@@ -65,10 +65,10 @@ def _decode_file(source: str | Path | bytes | bytearray | memoryview | BinaryIO)
     elif not hasattr(source, "read") and not Path(source).is_file():
         raise FileNotFoundError(f"audio file not found: {source}")
     try:
-        data, rate = soundfile.read(source, dtype="float32")
+        data, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except Exception as error:  # soundfile raises its own LibsndfileError subclasses
         raise ValueError(f"cannot decode audio {label}: {error}") from error
-    return data, rate
+    return data.mean(axis=1), rate
 
 
 def _from_mapping(value: Mapping, sampling_rate: int | None) -> tuple[object, int | None]:
@@ -84,16 +84,16 @@ def _from_mapping(value: Mapping, sampling_rate: int | None) -> tuple[object, in
 
 def _decode_torchcodec(decoder) -> tuple[np.ndarray, int]:
     """
-    Decodes a torchcodec `AudioDecoder` (what `datasets` Audio columns hold): `(samples, channels)` and the rate. One
-    that resamples gives wrong samples from its second decoding on (torchcodec 0.13), so the file behind a `datasets`
-    decoder (its `_hf_encoded` bytes or local path) is decoded by a fresh decoder, at the file's own rate.
+    Decodes a torchcodec `AudioDecoder` (what `datasets` Audio columns hold): mono samples `(samples,)` (its channels
+    averaged) and the rate. One that resamples gives wrong samples from its second decoding on (torchcodec 0.13), so the
+    file behind a `datasets` decoder (its `_hf_encoded` bytes or local path) is decoded afresh, at its own rate.
     """
     encoded = getattr(decoder, "_hf_encoded", None) or {}
     source = encoded.get("bytes") or encoded.get("path")
     if isinstance(source, bytes) or (isinstance(source, str) and Path(source).is_file()):
         decoder = type(decoder)(source, stream_index=decoder.stream_index)
     decoded = decoder.get_all_samples()
-    return decoded.data.numpy().T, decoded.sample_rate
+    return decoded.data.mean(dim=0).numpy(), decoded.sample_rate
 
 
 def _as_samples(value: object) -> np.ndarray:

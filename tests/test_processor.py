@@ -222,6 +222,23 @@ def test_multichannel_is_downmixed(pal):
         torch.testing.assert_close(features, expected, rtol=0, atol=1e-6)
 
 
+def test_files_with_more_than_eight_channels_are_downmixed(pal, tmp_path):
+    """
+    A 12-channel file (a microphone array) is down-mixed like any file, also through `datasets`; it was refused, as
+    only raw arrays need the channel axis told apart by its size (≤ 8).
+    """
+    datasets = pytest.importorskip("datasets")
+    _, processor = pal()
+    channels = np.stack([tones(1.0, RATE) * (k + 1) / 12 for k in range(12)], axis=1)
+    path = tmp_path / "microphones.wav"
+    soundfile.write(path, channels, RATE, subtype="FLOAT")
+    expected = processor(text=ask(processor, 1), audio=channels.mean(axis=1))["audio_features_0"]
+    decoder = datasets.Dataset.from_dict({"audio": [str(path)]}).cast_column("audio", datasets.Audio())[0]["audio"]
+    for clip in (str(path), path.read_bytes(), decoder):
+        actual = processor(text=ask(processor, 1), audio=[clip])["audio_features_0"]
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)  # torch and numpy sum in other orders
+
+
 def test_a_list_of_lists_is_a_list_of_mono_clips(pal):
     _, processor = pal()
     first, second = noise(1.0, 6), noise(1.0, 7)
