@@ -297,6 +297,11 @@ class PalConfig(PreTrainedConfig):
         return resolved
 
     def _validate_encoder_entry(self, k: int, entry: dict, audio_config: PreTrainedConfig) -> dict:
+        if not isinstance(entry["name"], str) or not entry["name"] or "." in entry["name"]:
+            raise ValueError(
+                f"audio_encoders[{k}].name must be a non-empty string without '.' (it names the encoder's projector "
+                f"modules), got {entry['name']!r}"
+            )
         if entry["projector"] not in PROJECTORS:
             raise ValueError(f"audio_encoders[{k}].projector must be one of {PROJECTORS}, got {entry['projector']!r}")
         if entry["integration"] == "hybrid" and entry["projector"] != "qformer":

@@ -45,6 +45,9 @@ def test_defaults_and_resolved_layers():
         ({"audio_encoders": []}, "audio_encoders"),
         ({"audio_config_1": WhisperConfig(d_model=32)}, "audio_encoders"),
         ({"audio_encoders": [{"name": "whisper", "integration": "plits"}], "lal_start_layer": 2}, "lal_start_layer"),
+        # names key the projectors' module dicts: torch refused these only when the model was built
+        ({"audio_encoders": [{"name": "whisper.v3", "integration": "lal"}]}, r"audio_encoders\[0\].name"),
+        ({"audio_encoders": [{"name": "", "integration": "lal"}]}, r"audio_encoders\[0\].name"),
     ],
 )
 def test_invalid_values_raise_naming_the_field(kwargs, field):
