@@ -28,7 +28,7 @@ def base_model_entry(item: str) -> tuple[str, str]:
     component, equals, hub_id = item.partition("=")
     if not (component and equals and hub_id):
         raise argparse.ArgumentTypeError(f"expected COMPONENT=HUB_ID (e.g. llm=meta-llama/Llama-3.2-1B), got {item!r}")
-    return component, hub_id
+    return component, repo_id_argument(hub_id)  # a path here would be left out of the card without a word
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -221,6 +221,13 @@ def test_invalid_repo_id_is_a_usage_error(repo_id, push_script, capsys, tmp_path
     assert "argument --repo-id: Repo id must" in capsys.readouterr().err
 
 
+def test_base_model_must_be_a_hub_id(push_script, capsys, tmp_path):
+    """A local path given as a base model was dropped from the card's metadata without a word."""
+    with pytest.raises(SystemExit):
+        push_script.parse_args(["--model", str(tmp_path), "--repo-id", REPO_ID, "--base-model", f"llm={tmp_path}/llm"])
+    assert "argument --base-model: Repo id must" in capsys.readouterr().err
+
+
 def test_push_checks_the_hub_before_loading_the_model(push_script, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "not-loaded").mkdir()  # holds no model: loading it first would fail otherwise
