@@ -748,6 +748,16 @@ class PalProcessor(ProcessorMixin):
                 )
         return _batch_windows(slot, len(clips), owners, features, mask), counts
 
+    def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
+        """
+        As `ProcessorMixin.apply_chat_template`; a template string passed as `chat_template` (rather than the name of
+        one of the processor's templates) is wrapped like the processor's own, so its chats may hold audio items.
+        """
+        named = isinstance(self.chat_template, dict) and chat_template in self.chat_template
+        if chat_template is not None and not named:
+            chat_template = wrap_chat_template(chat_template, self.audio_token)
+        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+
     def _multimodal_inputs_from_conversations(
         self, conversations: list[list[dict]], audio_loading_params: dict, load_audio_from_video: bool = False
     ):

@@ -729,6 +729,21 @@ def test_unreachable_url_raises_naming_it(pal, tmp_path):
         processor(text=ask(processor, 1), audio=url)
 
 
+def test_a_chat_template_passed_at_call_time_takes_audio_items(pal):
+    """
+    A template string given as `chat_template=` is wrapped like the processor's own: it rendered the content list
+    as is and the call failed with "The text has 0 audio tokens but 1 audio clips were given".
+    """
+    _, processor = pal()
+    clip = noise(1.0, 80)
+    chat = [{"role": "user", "content": [{"type": "audio", "audio": clip}, {"type": "text", "text": " what?"}]}]
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    assert processor.apply_chat_template(chat, chat_template=template) == f"[user] {processor.audio_token} what?\n"
+    inputs = processor.apply_chat_template(chat, chat_template=template, tokenize=True, return_dict=True)
+    expected = processor(text=f"[user] {processor.audio_token} what?\n", audio=clip, add_special_tokens=False)
+    assert all(torch.equal(inputs[name], expected[name]) for name in expected)
+
+
 @pytest.mark.parametrize(
     "item", ("a plain string", {"type": "text"}, {"text": "no type"}, {"type": "image", "url": "cat.png"}), ids=str
 )
