@@ -67,7 +67,7 @@ def test_openaqa(tmp_path):
     (tmp_path / "openaqa.json").write_text(json.dumps(entries))
     dataset = convert_openaqa(tmp_path / "openaqa.json", audio_dir=tmp_path / "audio")
     assert dataset["task"] == ["classification", "captioning", "open_qa", "open_qa"]
-    assert dataset["task_type"] == ["classification", "open", "closed", "open"]
+    assert dataset["task_type"] == ["classification", "closed", "closed", "open"]  # captioning trains in stage 2
     assert dataset["id"] == ["Yabc-0", "b-1", "b-2", "b-3"]
     assert dataset["label"] == ["Dog", "", "", ""] and dataset["caption"] == ["", "A tone.", "", ""]
     assert dataset["question"][2] == "Is it loud?" and dataset["duration"][0] == pytest.approx(1.0)
@@ -83,7 +83,7 @@ def test_audiocaps(tmp_path):
     dataset = convert_audiocaps(write_csv(tmp_path / "val.csv", rows), tmp_path / "wav", "Y{youtube_id}.wav")
     check_rows(dataset, "captioning", ["91139", "58146"])
     assert dataset["question"] == ["Describe the audio."] * 2 and dataset["answer"] == dataset["caption"]
-    assert dataset["answer"] == ["A dog barks", "Rain falls"] and dataset["task_type"] == ["open"] * 2
+    assert dataset["answer"] == ["A dog barks", "Rain falls"] and dataset["task_type"] == ["closed"] * 2
 
 
 def test_clotho(tmp_path):

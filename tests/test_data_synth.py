@@ -132,6 +132,7 @@ def test_stage_subsets(dataset):
     stage_1, stage_2, stage_3 = (stage_subset(train, stage) for stage in (1, 2, 3))
     assert set(stage_1["task_type"]) == {"classification"}
     assert set(stage_2["task_type"]) == {"classification", "closed"}
+    assert set(stage_2["task"]) == set(TASK_TYPES) - {"open_qa"}  # stage 3 adds open-ended QA (paper, §4)
     assert len(stage_3) == len(train)
     assert len(stage_1) < len(stage_2) < len(stage_3)
     subsets = stage_subset(dataset, 1)

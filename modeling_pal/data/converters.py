@@ -28,7 +28,7 @@ ANSWER_COLUMNS = {"captioning": "caption", "transcription": "transcript", "class
 # (substring of an OpenAQA/LTU task name, PAL task, PAL task type), first match wins; anything else is open QA.
 OPENAQA_TASKS = (
     ("cla", "classification", "classification"),
-    ("caption", "captioning", "open"),
+    ("caption", "captioning", "closed"),
     ("asr", "transcription", "closed"),
     ("temporal", "temporal_order", "closed"),
     ("closed", "open_qa", "closed"),

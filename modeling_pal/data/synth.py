@@ -45,7 +45,7 @@ PAL_FEATURES = Features(
 )
 TASK_TYPES = {
     "classification": "classification",
-    "captioning": "open",
+    "captioning": "closed",
     "counting": "closed",
     "temporal_order": "closed",
     "speech_detection": "closed",
