@@ -748,15 +748,12 @@ class PalProcessor(ProcessorMixin):
                 )
         return _batch_windows(slot, len(clips), owners, features, mask), counts
 
-    def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
+    def _resolve_chat_template(self, chat_template: str | None) -> str:
         """
-        As `ProcessorMixin.apply_chat_template`; a template string passed as `chat_template` (rather than the name of
-        one of the processor's templates) is wrapped like the processor's own, so its chats may hold audio items.
+        The template `apply_chat_template` renders, wrapped so that its chats may hold audio items, also when it was
+        passed as `chat_template=` or assigned to `processor.chat_template` after loading.
         """
-        named = isinstance(self.chat_template, dict) and chat_template in self.chat_template
-        if chat_template is not None and not named:
-            chat_template = wrap_chat_template(chat_template, self.audio_token)
-        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+        return wrap_chat_template(super()._resolve_chat_template(chat_template), self.audio_token)
 
     def _multimodal_inputs_from_conversations(
         self, conversations: list[list[dict]], audio_loading_params: dict, load_audio_from_video: bool = False

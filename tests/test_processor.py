@@ -731,10 +731,11 @@ def test_unreachable_url_raises_naming_it(pal, tmp_path):
 
 def test_a_chat_template_passed_at_call_time_takes_audio_items(pal):
     """
-    A template string given as `chat_template=` is wrapped like the processor's own: it rendered the content list
-    as is and the call failed with "The text has 0 audio tokens but 1 audio clips were given".
+    A template string given as `chat_template=`, or assigned to `processor.chat_template`, is wrapped like the
+    processor's own: it rendered the content list as is and the call failed with "The text has 0 audio tokens but 1
+    audio clips were given".
     """
-    _, processor = pal()
+    processor = copy.deepcopy(pal()[1])
     clip = noise(1.0, 80)
     chat = [{"role": "user", "content": [{"type": "audio", "audio": clip}, {"type": "text", "text": " what?"}]}]
     template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
@@ -742,6 +743,8 @@ def test_a_chat_template_passed_at_call_time_takes_audio_items(pal):
     inputs = processor.apply_chat_template(chat, chat_template=template, tokenize=True, return_dict=True)
     expected = processor(text=f"[user] {processor.audio_token} what?\n", audio=clip, add_special_tokens=False)
     assert all(torch.equal(inputs[name], expected[name]) for name in expected)
+    processor.chat_template = template
+    assert processor.apply_chat_template(chat) == f"[user] {processor.audio_token} what?\n"
 
 
 @pytest.mark.parametrize(
