@@ -149,6 +149,27 @@ def test_scoring_refuses_a_task_it_has_no_metric_for():
     }
 
 
+def test_saved_clips_that_share_a_file_name_are_not_grouped(tmp_path):
+    """`save_to_disk` keeps the base name of an embedded clip's path: rain/0001.wav and dog/0001.wav became one."""
+    from datasets import Audio, Dataset, load_from_disk
+
+    rng = np.random.default_rng(0)
+    paths = [tmp_path / folder / "0001.wav" for folder in ("rain", "dog")]
+    for path in paths:
+        path.parent.mkdir()
+        soundfile.write(path, rng.standard_normal(1600).astype(np.float32) * 0.1, 16000)
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "audio", "text": None}, {"type": "text", "text": "Describe the sound."}],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": "a sound"}]},
+    ]
+    columns = {"audio": [str(path) for path in paths], "task": ["captioning"] * 2, "messages": [messages] * 2}
+    Dataset.from_dict(columns).cast_column("audio", Audio()).save_to_disk(str(tmp_path / "saved"))
+    assert reference_groups(load_from_disk(str(tmp_path / "saved"))) == [[0], [1]]
+
+
 def test_only_rows_with_the_same_prompt_share_a_generation():
     def row(history: str, audio: str = "a.wav") -> dict:
         messages = [

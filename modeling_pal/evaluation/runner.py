@@ -52,13 +52,16 @@ def _as_array(value) -> np.ndarray:
 
 
 def _clip_identity(audio) -> str | None:
-    """A clip's identity without decoding it: its file path, else a hash of its encoded bytes (`None` for arrays)."""
-    if isinstance(audio, (str, Path)):
-        return str(audio)
-    if isinstance(audio, Mapping) and audio.get("path"):
-        return str(audio["path"])
+    """
+    A clip's identity without decoding it: a hash of its encoded bytes, else its file path (`None` for arrays). The
+    bytes come first: `save_to_disk` keeps only the base name of an embedded file's path, which two clips can share.
+    """
     if isinstance(audio, Mapping) and audio.get("bytes"):
         return hashlib.sha1(audio["bytes"]).hexdigest()
+    if isinstance(audio, Mapping) and audio.get("path"):
+        return str(audio["path"])
+    if isinstance(audio, (str, Path)):
+        return str(audio)
     return None
 
 
