@@ -54,8 +54,9 @@ def _fetch_url(url: str) -> bytes:
 
 def _decode_file(source: str | Path | bytes | bytearray | memoryview | BinaryIO) -> tuple[np.ndarray, int]:
     """
-    Decodes a path, an http(s) URL, encoded bytes or a binary file object at the file's own rate: mono samples
-    `(samples,)` (its channels averaged, however many) and the rate.
+    Decodes a path, an http(s) URL, encoded bytes or a binary file object at the file's own rate, with libsndfile
+    (WAV, FLAC, OGG, MP3, ...) or else torchcodec (m4a, aac, webm, ...): mono samples `(samples,)` (its channels
+    averaged, however many) and the rate.
     """
     label = repr(source)[:80]
     if isinstance(source, str) and source.startswith(("http://", "https://")):
@@ -64,11 +65,24 @@ def _decode_file(source: str | Path | bytes | bytearray | memoryview | BinaryIO)
         source = io.BytesIO(source)
     elif not hasattr(source, "read") and not Path(source).is_file():
         raise FileNotFoundError(f"audio file not found: {source}")
+    start = source.tell() if hasattr(source, "read") else None
     try:
         data, rate = soundfile.read(source, dtype="float32", always_2d=True)
+        return data.mean(axis=1), rate
     except Exception as error:  # soundfile raises its own LibsndfileError subclasses
-        raise ValueError(f"cannot decode audio {label}: {error}") from error
-    return data.mean(axis=1), rate
+        if start is not None:
+            source.seek(start)
+        try:
+            return _decode_with_ffmpeg(source)
+        except Exception:
+            raise ValueError(f"cannot decode audio {label}: {error}") from error
+
+
+def _decode_with_ffmpeg(source: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
+    """Decodes formats libsndfile lacks (m4a, aac, webm, mp4 audio) with torchcodec (FFmpeg), where it is installed."""
+    from torchcodec.decoders import AudioDecoder  # optional (the `data` extra): imported only when needed
+
+    return _decode_torchcodec(AudioDecoder(source))
 
 
 def _from_mapping(value: Mapping, sampling_rate: int | None) -> tuple[object, int | None]:

@@ -285,6 +285,20 @@ def test_integer_pcm_is_scaled_like_the_file(pal, tmp_path):
         assert torch.equal(features(clip), from_float)
 
 
+def test_formats_libsndfile_lacks_are_decoded_with_torchcodec(pal, tmp_path):
+    """An .m4a (AAC) file, as phones record them, was refused ("Format not recognised"); torchcodec decodes it."""
+    AudioDecoder = pytest.importorskip("torchcodec.decoders").AudioDecoder
+    AudioEncoder = pytest.importorskip("torchcodec.encoders").AudioEncoder
+    _, processor = pal()
+    path = tmp_path / "phone.m4a"
+    AudioEncoder(torch.from_numpy(tones(1.0, RATE))[None], sample_rate=RATE).to_file(str(path))
+    decoded = AudioDecoder(str(path)).get_all_samples()
+    text = ask(processor, 1)
+    expected = processor(text=text, audio=decoded.data[0].numpy(), sampling_rate=decoded.sample_rate)
+    for clip in (str(path), path.read_bytes(), io.BytesIO(path.read_bytes())):
+        assert torch.equal(processor(text=text, audio=[clip])["audio_features_0"], expected["audio_features_0"])
+
+
 def test_encoded_audio_forms_agree(pal, tmp_path):
     """Bytes, bytearray, memoryview and binary file objects are decoded like the path."""
     _, processor = pal()
