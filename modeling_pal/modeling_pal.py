@@ -1416,7 +1416,10 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
         is_first_iteration: bool | None = False,
         **kwargs,
     ) -> dict:
-        """Audio inputs reach `forward` only at prefill (every step when `use_cache=False`): the LAL K/V are cached."""
+        """
+        Audio inputs reach `forward` only at prefill (every step when `use_cache=False`): the LAL K/V are cached. An
+        assistant model's calls all count as later iterations, so an empty cache also marks a prefill.
+        """
         model_inputs = super().prepare_inputs_for_generation(
             input_ids,
             next_sequence_length=next_sequence_length,
@@ -1426,7 +1429,8 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
             is_first_iteration=is_first_iteration,
             **kwargs,
         )
-        if not is_first_iteration and kwargs.get("use_cache", True):
+        prefill = is_first_iteration or cache is None or cache.get_seq_length() == 0
+        if not prefill and kwargs.get("use_cache", True):
             for name in AUDIO_INPUT_NAMES:
                 model_inputs.pop(name, None)
         return model_inputs

@@ -146,3 +146,14 @@ def test_deprecated_past_key_values_keyword_is_the_cache(pal_model, extractor):
             step = model(input_ids=ids[:, -1:], past_key_values=prefill.cache, attention_mask=torch.ones_like(ids))
         expected = last_logits(model, {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)})
     torch.testing.assert_close(step.logits[:, -1], expected)
+
+
+@pytest.mark.parametrize("integration", ["lal", "hybrid"])
+def test_assisted_decoding_with_a_pal_assistant_equals_greedy(integration, pal_model, extractor):
+    """`generate` marks every assistant call as a later iteration: its empty-cache prefill must still get the audio."""
+    model = sharpened(pal_model("llama", integration))
+    inputs = build_inputs(model, extractor, SAMPLES[:1])
+    expected = greedy(model, inputs)
+    assert_varied(expected)
+    assert torch.equal(greedy(model, inputs, assistant_model=model), expected)
+    assert torch.equal(greedy(model, inputs, prompt_lookup_num_tokens=3), expected)
