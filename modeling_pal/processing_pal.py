@@ -68,21 +68,27 @@ def _decode_file(source: str | Path | bytes | bytearray | memoryview | BinaryIO)
     start = source.tell() if hasattr(source, "read") else None
     try:
         data, rate = soundfile.read(source, dtype="float32", always_2d=True)
-        return data.mean(axis=1), rate
     except Exception as error:  # soundfile raises its own LibsndfileError subclasses
         if start is not None:
             source.seek(start)
-        try:
-            return _decode_with_ffmpeg(source)
-        except Exception:
+        decoded = _decode_with_ffmpeg(source)
+        if decoded is None:
             raise ValueError(f"cannot decode audio {label}: {error}") from error
+        return decoded
+    return data.mean(axis=1), rate
 
 
-def _decode_with_ffmpeg(source: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
-    """Decodes formats libsndfile lacks (m4a, aac, webm, mp4 audio) with torchcodec (FFmpeg), where it is installed."""
-    from torchcodec.decoders import AudioDecoder  # optional (the `data` extra): imported only when needed
+def _decode_with_ffmpeg(source: str | Path | BinaryIO) -> tuple[np.ndarray, int] | None:
+    """
+    Decodes formats libsndfile lacks (m4a, aac, webm, mp4 audio) with torchcodec (FFmpeg); `None` where it is not
+    installed, cannot load FFmpeg, or cannot decode the source either.
+    """
+    try:  # torchcodec is optional (the `data` extra); in a try block, remote code does not require it either
+        from torchcodec.decoders import AudioDecoder
 
-    return _decode_torchcodec(AudioDecoder(source))
+        return _decode_torchcodec(AudioDecoder(source))
+    except Exception:
+        return None
 
 
 def _from_mapping(value: Mapping, sampling_rate: int | None) -> tuple[object, int | None]:

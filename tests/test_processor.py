@@ -17,8 +17,9 @@ import torch
 from encoder_fixtures import *  # noqa: F403
 from helpers import WAVEFORM_WINDOW, build_inputs
 from transformers import AutoFeatureExtractor, AutoProcessor, ClapFeatureExtractor
+from transformers.dynamic_module_utils import get_imports
 
-from modeling_pal import PalForConditionalGeneration, PalProcessor
+from modeling_pal import PalForConditionalGeneration, PalProcessor, processing_pal
 from modeling_pal.processing_pal import resample
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "processing.md"
@@ -297,6 +298,7 @@ def test_formats_libsndfile_lacks_are_decoded_with_torchcodec(pal, tmp_path):
     expected = processor(text=text, audio=decoded.data[0].numpy(), sampling_rate=decoded.sample_rate)
     for clip in (str(path), path.read_bytes(), io.BytesIO(path.read_bytes())):
         assert torch.equal(processor(text=text, audio=[clip])["audio_features_0"], expected["audio_features_0"])
+    assert "torchcodec" not in get_imports(processing_pal.__file__)  # remote-code processors do not require it
 
 
 def test_encoded_audio_forms_agree(pal, tmp_path):
