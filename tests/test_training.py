@@ -549,8 +549,8 @@ def test_recipe_mistakes_fail_before_any_stage_trains(mistake, tiny_llm_dir, tin
 def test_stages_evaluate_on_the_recipes_eval_split(tiny_llm_dir, tiny_whisper_dir, synth_dir, tmp_path):
     stages = [{"train": ["connectors"], "args": {"max_steps": 2, "eval_strategy": "steps", "eval_steps": 1}}]
     recipe = tiny_recipe(tiny_llm_dir("llama"), tiny_whisper_dir, stages)
-    recipe["data"] = {"dataset": synth_dir, "eval_split": "validation"}
-    result = run_curriculum(recipe, tmp_path)
+    recipe["data"] = {"eval_split": "validation"}
+    result = run_curriculum(recipe, tmp_path, data=load_from_disk(synth_dir))  # a DatasetDict
     evaluations = [entry for entry in result.stages[0].log_history if "eval_loss" in entry]
     assert [entry["step"] for entry in evaluations] == [1, 2] and all(np.isfinite(e["eval_loss"]) for e in evaluations)
     with pytest.raises(ValueError, match="no split 'dev'; its splits are"):

@@ -184,16 +184,18 @@ def build_model(recipe: dict, components: str | Path | None) -> tuple[PalForCond
     return model, PalProcessor.from_components(text_model, encoders, model.config)
 
 
-def load_training_data(recipe: dict, data: str | Path | Dataset | None = None) -> tuple[Dataset, Dataset | None]:
+def load_training_data(
+    recipe: dict, data: str | Path | Dataset | DatasetDict | None = None
+) -> tuple[Dataset, Dataset | None]:
     """
-    The training split and the evaluation split: `data` when given (a `Dataset` or a `save_to_disk` directory), else
-    the recipe's `data.dataset` (`synth` builds PAL-Synth in memory from `data.size` and `data.seed`; anything else is
+    The training split and the evaluation split: `data` when given (a `Dataset`, a `DatasetDict` or a `save_to_disk`
+    directory), else the recipe's `data.dataset` (`synth` builds PAL-Synth in memory from `data.size` and `data.seed`; anything else is
     a directory). From a `DatasetDict`, `data.split` (default `train`) trains and `data.eval_split` (default none)
     evaluates; a `Dataset` has no evaluation split.
     """
     settings = recipe.get("data", {})
     source = data if data is not None else settings.get("dataset", "synth")
-    if isinstance(source, Dataset):
+    if isinstance(source, (Dataset, DatasetDict)):
         dataset = source
     elif source == "synth":
         dataset = build_pal_synth(settings.get("size", 40), settings.get("seed", recipe.get("seed", 0)))
@@ -329,10 +331,12 @@ def _start_fresh(output_dir: Path, overwrite: bool, distributed: PartialState) -
     distributed.wait_for_everyone()
 
 
-def _setting(value: str | Path | Dataset | None) -> str | None:
-    """How the state file names a run's data or components override: its path, or a `Dataset`'s fingerprint."""
+def _setting(value: str | Path | Dataset | DatasetDict | None) -> str | None:
+    """How the state file names a run's data or components override: its path, or the datasets' fingerprints."""
     if isinstance(value, Dataset):
         return value._fingerprint
+    if isinstance(value, DatasetDict):
+        return ",".join(f"{name}:{split._fingerprint}" for name, split in value.items())
     return None if value is None else str(value)
 
 
@@ -518,7 +522,7 @@ def run_curriculum(
     trainer: str = "hf",
     lora: bool = False,
     components: str | Path | None = None,
-    data: str | Path | Dataset | None = None,
+    data: str | Path | Dataset | DatasetDict | None = None,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> CurriculumResult:
     """
@@ -537,7 +541,7 @@ def run_curriculum(
         lora: train the stages' LLM groups through LoRA adapters (recipe section `lora`: `LoraConfig` options), with
             the connectors in `modules_to_save`.
         components: overrides the recipe's `components` (a directory with the recipe's model paths, or `tiny`).
-        data: overrides the recipe's data (a `Dataset` or a `save_to_disk` directory).
+        data: overrides the recipe's data (a `Dataset`, a `DatasetDict` or a `save_to_disk` directory).
         callbacks: extra `TrainerCallback`s for every stage.
     """
     recipe = load_recipe(recipe)
