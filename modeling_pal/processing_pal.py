@@ -862,7 +862,11 @@ class PalProcessor(ProcessorMixin):
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         """The tokenizer and each saved feature extractor; encoder slots saved empty (`null`) stay `None`."""
-        processor_dict = processor_dict or {}
+        if not processor_dict:  # no processor_config.json: the tokenizer would fail to load with a misleading error
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds no saved PalProcessor (processor_config.json); build it with "
+                "PalProcessor.from_components and save it next to the model with processor.save_pretrained"
+            )
         subfolder = kwargs.pop("subfolder", "")
         tokenizer = cls._load_tokenizer_from_pretrained(
             "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs

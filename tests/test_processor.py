@@ -6,6 +6,7 @@ import http.server
 import io
 import math
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -814,6 +815,15 @@ def test_save_load_roundtrip(pal, tmp_path):
     actual = loaded.apply_chat_template(chat, tokenize=True, return_dict=True)
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def test_a_folder_without_a_saved_processor_is_named(saved_pal_checkpoint, tmp_path):
+    """A model saved without its processor: loading the processor failed in the tokenizer ("Couldn't instantiate
+    the backend tokenizer ... sentencepiece or tiktoken")."""
+    shutil.copy(Path(saved_pal_checkpoint("lal")) / "config.json", tmp_path)
+    for load in (AutoProcessor.from_pretrained, PalProcessor.from_pretrained):
+        with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))} holds no saved PalProcessor"):
+            load(tmp_path)
 
 
 def test_token_id_mismatch_raises(pal, tiny_llm_dir, tiny_whisper_dir):
