@@ -215,21 +215,22 @@ class PalConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.tie_word_embeddings is None:
             self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
-        self._check_lal_options()
+        self.validate_lal_options()
         self.audio_encoders = self._resolve_encoder_settings()
         self.lal_layers = self._resolve_lal_layers()
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> PalConfig:
         """
-        As `PreTrainedConfig.from_dict`, but `lal_start_layer` / `lal_layers` overrides (e.g.
-        `from_pretrained(path, lal_start_layer=4)`) replace the stored LAL layout and are resolved and validated like
-        constructor arguments, instead of being set beside the stored, already resolved `lal_layers`.
+        As `PreTrainedConfig.from_dict`, but overrides of PAL's own fields (e.g. `from_pretrained(path,
+        lal_start_layer=4)`) are validated and resolved like constructor arguments, instead of being set unchecked on
+        the built config. A `lal_start_layer` / `lal_layers` override replaces the stored, already resolved layout.
         """
-        layout = {key: kwargs.pop(key) for key in ("lal_start_layer", "lal_layers") if key in kwargs}
-        if layout:
-            config_dict = {**config_dict, "lal_start_layer": None, "lal_layers": None, **layout}
-        return super().from_dict(config_dict, **kwargs)
+        own_fields = set(cls.__annotations__) - set(cls.sub_configs_defaults)
+        overrides = {key: kwargs.pop(key) for key in own_fields & set(kwargs)}
+        if {"lal_start_layer", "lal_layers"} & set(overrides):
+            config_dict = {**config_dict, "lal_start_layer": None, "lal_layers": None}
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
 
     def validate_lal_layout(self):
         """`lal_layers` must stay the resolved layout, also after attribute assignments (checked again on save)."""
@@ -339,7 +340,8 @@ class PalConfig(PreTrainedConfig):
             raise ValueError(f"lal_layers {layers} is inconsistent with lal_start_layer={start}")
         return layers
 
-    def _check_lal_options(self):
+    def validate_lal_options(self):
+        """The option fields hold allowed values, also after attribute assignments (checked again on save)."""
         options = {
             "lal_audio_visibility": ("causal", "all"),
             "lal_kv_source": ("shared", "separate"),

@@ -87,3 +87,32 @@ def test_save_refuses_a_layout_changed_after_construction(tmp_path):
     config.lal_layers = [5, 6, 7]
     config.save_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path).lal_layers == [5, 6, 7]
+
+
+@pytest.mark.parametrize(
+    "override,error",
+    [
+        ({"lal_kv_source": "seperate"}, "lal_kv_source"),  # a typo was silently taken as "shared"
+        ({"num_summary_tokens": 0}, "num_summary_tokens"),
+        ({"audio_encoders": [{"name": "whisper", "integration": "cross"}]}, "integration"),
+    ],
+)
+def test_loading_validates_overrides_like_the_constructor(override, error, tmp_path):
+    make().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=error):
+        AutoConfig.from_pretrained(tmp_path, **override)
+
+
+def test_loading_resolves_overridden_encoder_settings(tmp_path):
+    make().save_pretrained(tmp_path)
+    config, unused = AutoConfig.from_pretrained(
+        tmp_path, audio_encoders=[{"name": "whisper", "integration": "hybrid"}], return_unused_kwargs=True
+    )
+    assert config.audio_encoders[0]["projector"] == "qformer" and not unused
+
+
+def test_save_refuses_options_changed_to_invalid_values(tmp_path):
+    config = make()
+    config.lal_kv_source = "seperate"
+    with pytest.raises(StrictDataclassClassValidationError, match="lal_kv_source"):
+        config.save_pretrained(tmp_path)
