@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 from datasets import Audio
+from torchcodec.encoders import AudioEncoder
 
 from modeling_pal.data import (
     PAL_FEATURES,
@@ -242,13 +244,17 @@ def test_stereo_sources_are_stored_mono_as_the_processor_hears_them(tmp_path):
     stereo = np.stack([0.5 * np.sin(2 * np.pi * 440 * time), 0.25 * np.sin(2 * np.pi * 660 * time)], axis=1)
     soundfile.write(tmp_path / "stereo.wav", stereo, rate)
     write_audio(tmp_path / "mono.wav", seconds=1.0, rate=rate)
-    records = [{"file_name": "stereo.wav", "caption": "Two tones."}, {"file_name": "mono.wav", "caption": "A tone."}]
+    # a format libsndfile cannot read (the processor decodes it with torchcodec)
+    AudioEncoder(torch.from_numpy(stereo.T).float(), sample_rate=rate).to_file(str(tmp_path / "stereo.m4a"))
+    names = ["stereo.wav", "mono.wav", "stereo.m4a"]
+    records = [{"file_name": name, "caption": "Tones."} for name in names]
     (tmp_path / "metadata.jsonl").write_text("\n".join(map(json.dumps, records)))
     dataset = convert_audiofolder(tmp_path)
-    check_rows(dataset, "captioning", ["stereo.wav", "mono.wav"])
-    stereo_samples, mono_samples = (row["audio"].get_all_samples().data for row in dataset)
-    assert stereo_samples.shape[0] == mono_samples.shape[0] == 1
-    expected = resample(*load_audio(str(tmp_path / "stereo.wav")), 16000)  # the processor's down-mix
-    np.testing.assert_allclose(stereo_samples[0].numpy(), expected, atol=1e-4)
+    check_rows(dataset, "captioning", names)
+    decoded = [row["audio"].get_all_samples().data for row in dataset]
+    assert [samples.shape[0] for samples in decoded] == [1, 1, 1]
+    for index in (0, 2):  # stored decoded: the processor's down-mix and resampling
+        expected = resample(*load_audio(str(tmp_path / names[index])), 16000)
+        np.testing.assert_allclose(decoded[index][0].numpy(), expected, atol=1e-4)
     stored = dataset.cast_column("audio", Audio(decode=False))["audio"]
     assert stored[1]["path"] == str(tmp_path / "mono.wav")  # mono files stay paths

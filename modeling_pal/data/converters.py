@@ -65,6 +65,14 @@ def labelled_row(row_id: str, audio: object, task: str, text: str, choices: Sequ
     return row | {ANSWER_COLUMNS[task]: text}
 
 
+def _is_mono_file(path: str | Path) -> bool:
+    """Whether libsndfile reads `path` as one channel; files only torchcodec decodes (m4a, webm) count as not."""
+    try:
+        return soundfile.info(str(path)).channels == 1
+    except Exception:  # soundfile raises its own LibsndfileError subclasses
+        return False
+
+
 def _decode(value: object) -> tuple[object, float]:
     """
     Validates one audio value: returns what the `audio` column stores and the clip's duration in seconds. A mono file
@@ -72,7 +80,7 @@ def _decode(value: object) -> tuple[object, float]:
     multi-channel file kept as a path would decode to several channels).
     """
     samples, rate = load_audio(value, SAMPLING_RATE)
-    if isinstance(value, (str, Path)) and soundfile.info(str(value)).channels == 1:
+    if isinstance(value, (str, Path)) and _is_mono_file(value):
         return {"path": str(Path(value).absolute()), "bytes": None}, len(samples) / rate
     return {"array": resample(samples, rate, SAMPLING_RATE), "sampling_rate": SAMPLING_RATE}, len(samples) / rate
 
