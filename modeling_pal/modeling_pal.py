@@ -33,6 +33,7 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_pal import (
     AST_FAMILY,
     CLAP_FAMILY,
+    ENCODER_SETTING_KEYS,
     WAVEFORM_FAMILY,
     WHISPER_FAMILY,
     PalConfig,
@@ -48,6 +49,12 @@ MAX_SLOTS = 4
 RESERVED_TOKEN_PREFIX = "<|reserved_special_token_"  # Llama-3's reserved tokens, reused for PAL's audio tokens
 MAX_CLIPS_PER_SAMPLE = 1 << 20
 AUDIO_INPUT_PREFIXES = ("audio_features_", "audio_feature_mask_", "audio_window_clip_")
+ENCODER_LOADING_OPTIONS = (
+    "dtype",
+    "device_map",
+    "revision",
+)  # `from_components`' per-encoder `from_pretrained` options
+ENCODER_ARCHITECTURE_OPTIONS = tuple(key for key in ENCODER_SETTING_KEYS if key != "name")
 AUDIO_INPUT_NAMES = tuple(f"{prefix}{k}" for prefix in AUDIO_INPUT_PREFIXES for k in range(MAX_SLOTS)) + (
     "audio_embeds",
 )
@@ -1497,6 +1504,7 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
 
         if not 1 <= len(audio_encoders) <= MAX_SLOTS:
             raise ValueError(f"PAL takes 1 to {MAX_SLOTS} audio encoders, got {len(audio_encoders)}")
+        check_encoder_settings(audio_encoders, audio_encoder_settings or {})
         shared = {"revision": revision, "trust_remote_code": trust_remote_code}
         tokenizer = AutoTokenizer.from_pretrained(text_model, **shared)
         llm = AutoModelForCausalLM.from_pretrained(
@@ -1569,12 +1577,26 @@ def repeat_audio_embeds(audio_embeds: dict | list, repeats: int) -> dict | list:
     return [repeat(features) for features in audio_embeds]
 
 
+def check_encoder_settings(audio_encoders: dict[str, str], audio_encoder_settings: dict[str, dict]) -> None:
+    """`from_components`' per-encoder settings must name its encoders and known keys (others would be ignored)."""
+    unknown_names = sorted(set(audio_encoder_settings) - set(audio_encoders))
+    if unknown_names:
+        raise ValueError(
+            f"audio_encoder_settings names encoders {unknown_names} not in audio_encoders {list(audio_encoders)}"
+        )
+    known = (*ENCODER_LOADING_OPTIONS, "attn_implementation", *ENCODER_ARCHITECTURE_OPTIONS)
+    for name, settings in audio_encoder_settings.items():
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ValueError(f"audio_encoder_settings[{name!r}] has unknown keys {unknown}; known: {known}")
+
+
 def _loading_options(settings: dict) -> dict:
-    return {key: settings[key] for key in ("dtype", "device_map", "revision") if key in settings}
+    return {key: settings[key] for key in ENCODER_LOADING_OPTIONS if key in settings}
 
 
 def _architecture_options(settings: dict) -> dict:
-    return {key: settings[key] for key in ("integration", "projector", "downsample", "layer") if key in settings}
+    return {key: settings[key] for key in ENCODER_ARCHITECTURE_OPTIONS if key in settings}
 
 
 def load_audio_encoder(path: str, **kwargs) -> nn.Module:

@@ -261,3 +261,18 @@ def test_clap_token_count_needs_the_window_length():
     assert num_encoder_tokens(ClapAudioConfig(), 501, 1001) == 17  # ceil(501 × 32 / 1001)
     with pytest.raises(ValueError, match="num_window_features"):
         num_encoder_tokens(ClapAudioConfig(), 501)
+
+
+@pytest.mark.parametrize(
+    "settings,error",
+    [
+        ({"whisp": {"downsample": 2}}, r"\['whisp'\] .*not in audio_encoders"),
+        ({"whisper": {"downsampel": 2}}, r"audio_encoder_settings\['whisper'\] has unknown keys \['downsampel'\]"),
+    ],
+)
+def test_from_components_refuses_settings_it_would_ignore(settings, error, tiny_llm_dir, tiny_whisper_dir):
+    """A misspelt encoder name or setting was silently dropped (the model got the default, e.g. downsample 4)."""
+    with pytest.raises(ValueError, match=error):
+        PalForConditionalGeneration.from_components(
+            tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, integration="plits", audio_encoder_settings=settings
+        )
