@@ -65,7 +65,7 @@ def _decode_file(source: str | Path | bytes | bytearray | memoryview | BinaryIO)
         source = io.BytesIO(source)
     elif not hasattr(source, "read") and not Path(source).is_file():
         raise FileNotFoundError(f"audio file not found: {source}")
-    start = source.tell() if hasattr(source, "read") else None
+    start = source.tell() if hasattr(source, "seekable") and source.seekable() else None
     try:
         data, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except Exception as error:  # soundfile raises its own LibsndfileError subclasses

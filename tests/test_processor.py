@@ -287,6 +287,7 @@ def test_integer_pcm_is_scaled_like_the_file(pal, tmp_path):
         assert torch.equal(features(clip), from_float)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # soundfile's callbacks try to seek
 def test_formats_libsndfile_lacks_are_decoded_with_torchcodec(pal, tmp_path):
     """An .m4a (AAC) file, as phones record them, was refused ("Format not recognised"); torchcodec decodes it."""
     AudioDecoder = pytest.importorskip("torchcodec.decoders").AudioDecoder
@@ -300,6 +301,23 @@ def test_formats_libsndfile_lacks_are_decoded_with_torchcodec(pal, tmp_path):
     for clip in (str(path), path.read_bytes(), io.BytesIO(path.read_bytes())):
         assert torch.equal(processor(text=text, audio=[clip])["audio_features_0"], expected["audio_features_0"])
     assert "torchcodec" not in get_imports(processing_pal.__file__)  # remote-code processors do not require it
+    with pytest.raises(ValueError, match="prompt 0, clip 0: cannot decode audio"):  # not "seek" from io
+        processor(text=text, audio=[Unseekable(path.read_bytes())])
+
+
+class Unseekable(io.RawIOBase):
+    """A binary stream that reads once and cannot seek, like a pipe or a socket."""
+
+    def __init__(self, data: bytes):
+        self.data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self.data.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
 
 
 def test_encoded_audio_forms_agree(pal, tmp_path):
