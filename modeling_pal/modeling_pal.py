@@ -1,7 +1,7 @@
 """PAL: frozen audio encoders feeding a decoder LLM through PLITS placeholders and/or LAL extra keys/values."""
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
@@ -1505,6 +1505,11 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
         if not 1 <= len(audio_encoders) <= MAX_SLOTS:
             raise ValueError(f"PAL takes 1 to {MAX_SLOTS} audio encoders, got {len(audio_encoders)}")
         check_encoder_settings(audio_encoders, audio_encoder_settings or {})
+        unknown = sorted(set(config_overrides) - {config_field.name for config_field in fields(PalConfig)})
+        if unknown:
+            raise ValueError(
+                f"from_components got unknown keyword arguments {unknown}; its other keywords are PalConfig fields"
+            )
         shared = {"revision": revision, "trust_remote_code": trust_remote_code}
         tokenizer = AutoTokenizer.from_pretrained(text_model, **shared)
         llm = AutoModelForCausalLM.from_pretrained(

@@ -264,15 +264,20 @@ def test_clap_token_count_needs_the_window_length():
 
 
 @pytest.mark.parametrize(
-    "settings,error",
+    "options,error",
     [
-        ({"whisp": {"downsample": 2}}, r"\['whisp'\] .*not in audio_encoders"),
-        ({"whisper": {"downsampel": 2}}, r"audio_encoder_settings\['whisper'\] has unknown keys \['downsampel'\]"),
+        ({"audio_encoder_settings": {"whisp": {"downsample": 2}}}, r"\['whisp'\] .*not in audio_encoders"),
+        (
+            {"audio_encoder_settings": {"whisper": {"downsampel": 2}}},
+            r"audio_encoder_settings\['whisper'\] has unknown keys \['downsampel'\]",
+        ),
+        ({"lal_start_layr": 1}, r"unknown keyword arguments \['lal_start_layr'\]"),  # set as a stray config attribute
+        ({"torch_dtype": torch.bfloat16}, r"unknown keyword arguments \['torch_dtype'\]"),  # the model stayed float32
     ],
 )
-def test_from_components_refuses_settings_it_would_ignore(settings, error, tiny_llm_dir, tiny_whisper_dir):
-    """A misspelt encoder name or setting was silently dropped (the model got the default, e.g. downsample 4)."""
+def test_from_components_refuses_options_it_would_ignore(options, error, tiny_llm_dir, tiny_whisper_dir):
+    """A misspelt encoder name, setting or keyword was silently dropped (the model got the default)."""
     with pytest.raises(ValueError, match=error):
         PalForConditionalGeneration.from_components(
-            tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, integration="plits", audio_encoder_settings=settings
+            tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, integration="plits", **options
         )
