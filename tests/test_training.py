@@ -427,6 +427,30 @@ def test_accelerate_launch_two_cpu_ranks(tiny_llm_dir, tiny_whisper_dir, synth_d
         assert all(check["world_size"] == 2 and check["steps"] == 2 and check["rows"] == 4 for check in checks)
 
 
+BUDGET_SCRIPT = """
+import json, time
+from accelerate import PartialState
+from transformers import TrainerControl
+from modeling_pal.training.curriculum import TimeBudgetCallback
+
+state = PartialState(cpu=True)
+budget = TimeBudgetCallback(max_seconds=1.0)
+if state.process_index == 0:
+    time.sleep(1.5)  # rank 0's step ends past the budget, rank 1's before it
+control = TrainerControl()
+budget.on_step_end(None, None, control)
+print(json.dumps(control.should_training_stop))
+"""
+
+
+def test_max_seconds_stops_every_rank_at_the_same_step(tmp_path):
+    (tmp_path / "budget.py").write_text(BUDGET_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path / "budget.py")]
+    done = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["true", "true"]  # a rank that went on would wait forever in DDP's all-reduce
+
+
 def test_killed_run_resumes_to_the_same_weights(tiny_llm_dir, tiny_whisper_dir, synth_dir, tmp_path):
     stages = [
         {"train": ["connectors"], "subset": 1, "args": {"max_steps": 2}},
@@ -521,7 +545,9 @@ def test_overwrite_with_a_bad_data_or_components_path_keeps_the_earlier_run(
     recipe = tiny_recipe(
         tiny_llm_dir("llama"), tiny_whisper_dir, [{"train": ["connectors"], "args": {"max_steps": 1}}]
     )
-    run_curriculum(recipe, tmp_path, data=synth.select(range(2)))
+    for name in ("stage1/model.safetensors", "checkpoints/stage2/checkpoint-4/optimizer.pt", "curriculum_state.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("an earlier run")
     before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
     for paths in ({"data": str(tmp_path / "typo")}, {"data": synth, "components": str(tmp_path / "typo")}):
         with pytest.raises(FileNotFoundError, match="typo"):

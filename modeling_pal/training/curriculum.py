@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from datasets import Audio, Dataset, DatasetDict, load_from_disk
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -151,14 +152,21 @@ def sft_trainer_class() -> type:
 
 
 class TimeBudgetCallback(TrainerCallback):
-    """Ends a stage once it has run `max_seconds`, even before `max_steps` (the stage's model is saved as usual)."""
+    """
+    Ends a stage once it has run `max_seconds`, even before `max_steps` (the stage's model is saved as usual). With
+    several processes the main process's clock decides for all of them, so that every rank stops at the same step
+    (a rank that went on would wait forever in the next gradient all-reduce).
+    """
 
     def __init__(self, max_seconds: float):
         self.max_seconds = max_seconds
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.perf_counter() - self.start > self.max_seconds:
+        over_budget = [time.perf_counter() - self.start > self.max_seconds]
+        if PartialState().use_distributed:
+            broadcast_object_list(over_budget, from_process=0)
+        if over_budget[0]:
             control.should_training_stop = True
 
 
