@@ -528,6 +528,16 @@ def test_an_earlier_run_is_refused_or_overwritten_and_resume_checks_settings(
     assert run_curriculum(recipe, tmp_path, data=rows, resume=True).stages  # a state from before settings were kept
 
 
+@pytest.mark.parametrize("options", [{"lora_alph": 8}, {"target_modules": ["q_proj"]}])
+def test_bad_lora_options_fail_before_any_stage_trains(options, tiny_llm_dir, tiny_whisper_dir, synth, tmp_path):
+    stages = [{"train": ["connectors"], "args": {"max_steps": 1}}, {"train": ["connectors", "llm"]}]
+    recipe = tiny_recipe(tiny_llm_dir("llama"), tiny_whisper_dir, stages)
+    recipe["lora"] = {"r": 4, **options}
+    with pytest.raises(ValueError, match="^`lora`: "):
+        run_curriculum(recipe, tmp_path, data=synth.select(range(2)), lora=True)
+    assert not (tmp_path / "stage1").exists()
+
+
 def test_a_stage_without_rows_fails_the_run_at_its_start(tiny_llm_dir, tiny_whisper_dir, synth, tmp_path):
     stages = [{"train": ["connectors"], "args": {"max_steps": 1}}, {"train": ["connectors"], "subset": 1}]
     recipe = tiny_recipe(tiny_llm_dir("llama"), tiny_whisper_dir, stages)

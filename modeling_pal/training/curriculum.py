@@ -28,7 +28,14 @@ from ..modeling_pal import PalForConditionalGeneration
 from ..processing_pal import PalProcessor
 from .collator import PalDataCollator
 from .tiny import build_tiny_components
-from .trainable import TRAINABLE_GROUPS, lora_config, row_masked_parameters, set_lora_trainable, set_trainable
+from .trainable import (
+    LORA_DERIVED_OPTIONS,
+    TRAINABLE_GROUPS,
+    lora_config,
+    row_masked_parameters,
+    set_lora_trainable,
+    set_trainable,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -315,6 +322,19 @@ def _all_training_args(recipe: dict, output_dir: Path, max_steps: int | None, us
     return stage_args
 
 
+def _check_lora_options(options: Mapping) -> None:
+    """Raises a `ValueError` unless the recipe's `lora` section is valid `LoraConfig` options that PAL leaves to it."""
+    from peft import LoraConfig
+
+    derived = sorted(set(options) & set(LORA_DERIVED_OPTIONS))
+    if derived:
+        raise ValueError(f"`lora`: {derived} follow from each stage's `train` groups (see `lora_config`); drop them")
+    try:
+        LoraConfig(**options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"`lora`: invalid LoraConfig options: {error}") from error
+
+
 def _previous_run(output_dir: Path) -> list[Path]:
     """What an earlier run left in `output_dir`: its state, stage outputs, checkpoints and logs."""
     names = [STATE_FILE, LOSS_PLOT, "base", "checkpoints"]
@@ -560,6 +580,8 @@ def run_curriculum(
     distributed = PartialState(cpu=not torch.accelerator.is_available())
     use_cpu = distributed.device.type == "cpu"
     stage_args = _all_training_args(recipe, output_dir, max_steps_per_stage, use_cpu, trainer == "trl")
+    if lora:
+        _check_lora_options(recipe.get("lora", {}))
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: resume continues the run that overwrite removes")
     # a bad path or a stage without rows fails before an earlier run is removed

@@ -24,6 +24,8 @@ FFN = re.compile(r"\.layers\.\d+\.mlp\.")
 LORA_PARAMETER = re.compile(r"\.(\w+)\.lora_\w+\.")
 SAVED_COPY = ".modules_to_save."
 TOKEN_DELTA = ".trainable_tokens_delta."
+# The `LoraConfig` options `lora_config` derives from a stage's groups
+LORA_DERIVED_OPTIONS = ("task_type", "target_modules", "modules_to_save", "trainable_token_indices")
 LORA_TARGETS = {
     "llm": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     "llm_attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
