@@ -49,11 +49,8 @@ MAX_SLOTS = 4
 RESERVED_TOKEN_PREFIX = "<|reserved_special_token_"  # Llama-3's reserved tokens, reused for PAL's audio tokens
 MAX_CLIPS_PER_SAMPLE = 1 << 20
 AUDIO_INPUT_PREFIXES = ("audio_features_", "audio_feature_mask_", "audio_window_clip_")
-ENCODER_LOADING_OPTIONS = (
-    "dtype",
-    "device_map",
-    "revision",
-)  # `from_components`' per-encoder `from_pretrained` options
+# `from_components`' per-encoder settings: options of the encoder's `from_pretrained`, and of its config entry
+ENCODER_LOADING_OPTIONS = ("dtype", "device_map", "revision")
 ENCODER_ARCHITECTURE_OPTIONS = tuple(key for key in ENCODER_SETTING_KEYS if key != "name")
 AUDIO_INPUT_NAMES = tuple(f"{prefix}{k}" for prefix in AUDIO_INPUT_PREFIXES for k in range(MAX_SLOTS)) + (
     "audio_embeds",
@@ -1504,12 +1501,7 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
 
         if not 1 <= len(audio_encoders) <= MAX_SLOTS:
             raise ValueError(f"PAL takes 1 to {MAX_SLOTS} audio encoders, got {len(audio_encoders)}")
-        check_encoder_settings(audio_encoders, audio_encoder_settings or {})
-        unknown = sorted(set(config_overrides) - {config_field.name for config_field in fields(PalConfig)})
-        if unknown:
-            raise ValueError(
-                f"from_components got unknown keyword arguments {unknown}; its other keywords are PalConfig fields"
-            )
+        check_component_options(audio_encoders, audio_encoder_settings or {}, config_overrides)
         shared = {"revision": revision, "trust_remote_code": trust_remote_code}
         tokenizer = AutoTokenizer.from_pretrained(text_model, **shared)
         llm = AutoModelForCausalLM.from_pretrained(
@@ -1582,8 +1574,18 @@ def repeat_audio_embeds(audio_embeds: dict | list, repeats: int) -> dict | list:
     return [repeat(features) for features in audio_embeds]
 
 
-def check_encoder_settings(audio_encoders: dict[str, str], audio_encoder_settings: dict[str, dict]) -> None:
-    """`from_components`' per-encoder settings must name its encoders and known keys (others would be ignored)."""
+def check_component_options(
+    audio_encoders: dict[str, str], audio_encoder_settings: dict[str, dict], config_overrides: dict
+) -> None:
+    """
+    `from_components`' per-encoder settings must name its encoders and known keys, and its other keywords must be
+    `PalConfig` fields: anything else would be silently ignored.
+    """
+    unknown = sorted(set(config_overrides) - {config_field.name for config_field in fields(PalConfig)})
+    if unknown:
+        raise ValueError(
+            f"from_components got unknown keyword arguments {unknown}; its other keywords are PalConfig fields"
+        )
     unknown_names = sorted(set(audio_encoder_settings) - set(audio_encoders))
     if unknown_names:
         raise ValueError(
