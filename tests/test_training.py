@@ -685,6 +685,8 @@ def test_docs_examples_run(tiny_llm_dir, tiny_whisper_dir, synth_dir, tmp_path, 
         ("stages: {train: [connectors]}\n", "`stages` must be a list"),
         ("stages:\n  - connectors\n", "Stage 1: a stage is a mapping"),
         ("stages:\n  - train: connectors\n", r"Stage 1: `train` must be a list of groups, e.g. \[connectors\]"),
+        ("stages: [{train: [connectors]}]\nmodel: {intergration: lal}\n", r"`model` takes .*; got \['intergration'\]"),
+        ("stages: [{train: [connectors]}]\ndata: {max_lenght: 64}\n", r"`data` takes .*; got \['max_lenght'\]"),
     ],
 )
 def test_malformed_recipe_files_are_refused_with_the_reason(text, match, tmp_path):

@@ -43,6 +43,10 @@ STATE_FILE = "curriculum_state.json"
 LOSS_PLOT = "loss.png"
 RECIPE_SECTIONS = {"name", "seed", "components", "model", "data", "training", "stages", "lora"}
 STAGE_KEYS = {"name", "train", "subset", "args", "max_seconds"}
+SECTION_KEYS = {
+    "model": {"text_model", "audio_encoders", "integration", "audio_encoder_settings", "config"},
+    "data": {"dataset", "size", "seed", "split", "eval_split", "max_length"},
+}
 # The collator reads the raw `messages` and `audio` columns, so the Trainer must keep them
 FIXED_ARGS = {"remove_unused_columns": False}
 # TRL's `SFTConfig` changes these `TrainingArguments` defaults (learning rate, bf16 autocast, activation
@@ -70,6 +74,10 @@ def load_recipe(recipe: str | Path | Mapping) -> dict:
     unknown = set(recipe) - RECIPE_SECTIONS
     if unknown or not recipe.get("stages"):
         raise ValueError(f"A recipe needs `stages` and takes only {sorted(RECIPE_SECTIONS)}; got {sorted(recipe)}")
+    for section, keys in SECTION_KEYS.items():
+        unknown = set(recipe.get(section) or {}) - keys
+        if unknown:
+            raise ValueError(f"`{section}` takes {sorted(keys)}; got {sorted(unknown)}")
     if not isinstance(recipe["stages"], (list, tuple)):
         raise ValueError(f"`stages` must be a list of stages, got {recipe['stages']!r}")
     for number, stage in enumerate(recipe["stages"], 1):
