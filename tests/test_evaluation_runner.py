@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from helpers import sharpened
 
 from modeling_pal import PalForConditionalGeneration, PalProcessor
 from modeling_pal.data.converters import convert_clotho
@@ -308,3 +309,16 @@ def test_evaluate_script_checks_the_splits_before_loading_the_model(dataset_dir,
     missing = evaluate_command(tmp_path / "runs" / "stage3", dataset_dir, "--split", "test", "--output", "r.json")
     result = subprocess.run(missing, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "no such checkpoint folder" in result.stderr
+
+
+def test_batched_answers_equal_one_by_one_whatever_the_tokenizers_padding_side(dataset_dir, checkpoint):
+    from datasets import load_from_disk
+
+    rows = load_from_disk(str(dataset_dir))["test"]
+    rows = rows.select([i for i, task in enumerate(rows["task"]) if task != "captioning"][:4])  # prompts of 4 lengths
+    model = sharpened(PalForConditionalGeneration.from_pretrained(checkpoint))
+    processor = PalProcessor.from_pretrained(checkpoint)
+    processor.tokenizer.padding_side = "right"  # as set for training
+    one_by_one = generate_answers(model, processor, rows, batch_size=1, max_new_tokens=6)
+    assert len(set(one_by_one)) > 1, one_by_one
+    assert generate_answers(model, processor, rows, batch_size=4, max_new_tokens=6) == one_by_one

@@ -125,6 +125,7 @@ def _generate(model, processor, rows, indices: list[int], batch_size: int, max_n
             return_dict=True,
             return_tensors="pt",
             add_generation_prompt=True,
+            padding_side="left",  # generation appends after the prompt: right padding would put pads in between
         ).to(model.device)
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, **GREEDY)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
