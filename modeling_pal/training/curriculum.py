@@ -212,9 +212,9 @@ def load_training_data(
 ) -> tuple[Dataset, Dataset | None]:
     """
     The training split and the evaluation split: `data` when given (a `Dataset`, a `DatasetDict` or a `save_to_disk`
-    directory), else the recipe's `data.dataset` (`synth` builds PAL-Synth in memory from `data.size` and `data.seed`; anything else is
-    a directory). From a `DatasetDict`, `data.split` (default `train`) trains and `data.eval_split` (default none)
-    evaluates; a `Dataset` has no evaluation split.
+    directory), else the recipe's `data.dataset` (`synth` builds PAL-Synth in memory from `data.size` and
+    `data.seed`; anything else is a directory). From a `DatasetDict`, `data.split` (default `train`) trains and
+    `data.eval_split` (default none) evaluates; a `Dataset` has no evaluation split.
     """
     settings = recipe.get("data", {})
     source = data if data is not None else settings.get("dataset", "synth")
@@ -224,17 +224,16 @@ def load_training_data(
         dataset = build_pal_synth(settings.get("size", 40), settings.get("seed", recipe.get("seed", 0)))
     else:
         dataset = load_from_disk(str(source))
-    eval_split = settings.get("eval_split")
+    train_split, eval_split = settings.get("split", "train"), settings.get("eval_split")
     if not isinstance(dataset, DatasetDict):
         if eval_split is not None:
             raise ValueError(f"data.eval_split={eval_split!r} needs a DatasetDict, but the data is a single Dataset")
         return _encoded_audio(dataset), None
-    splits = [settings.get("split", "train")] + ([eval_split] if eval_split is not None else [])
-    missing = [split for split in splits if split not in dataset]
-    if missing:
-        raise ValueError(f"The data has no split {missing[0]!r}; its splits are {list(dataset)}")
+    for split in (train_split, eval_split):
+        if split is not None and split not in dataset:
+            raise ValueError(f"The data has no split {split!r}; its splits are {list(dataset)}")
     evaluation = _encoded_audio(dataset[eval_split]) if eval_split is not None else None
-    return _encoded_audio(dataset[splits[0]]), evaluation
+    return _encoded_audio(dataset[train_split]), evaluation
 
 
 def _encoded_audio(dataset: Dataset) -> Dataset:
@@ -498,7 +497,9 @@ def _subset_rows(number: int, stage: dict, rows: Dataset | None) -> Dataset | No
     return stage_subset(rows, stage["subset"])
 
 
-def _stage_data(recipe: dict, stage_args: list, dataset: Dataset, eval_dataset: Dataset | None) -> list[tuple]:
+def _stage_data(
+    recipe: dict, stage_args: list[TrainingArguments], dataset: Dataset, eval_dataset: Dataset | None
+) -> list[tuple[Dataset, Dataset | None]]:
     """
     Each stage's training rows and evaluation rows (`None` when it does not evaluate), computed before any training
     so that a stage left without rows fails the run at its start.
