@@ -13,11 +13,19 @@ holding an earlier run is refused).
 
 import argparse
 import logging
+from pathlib import Path
 
 from accelerate import PartialState
 
 from modeling_pal.hub import folder_argument
 from modeling_pal.training import CurriculumResult, run_curriculum
+
+
+def file_argument(text: str) -> str:
+    """argparse type of an option that takes an existing file."""
+    if Path(text).is_file():
+        return text
+    raise argparse.ArgumentTypeError(f"no such file: {text}")
 
 
 def components_argument(text: str) -> str:
@@ -27,7 +35,9 @@ def components_argument(text: str) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", required=True, help="a YAML recipe, e.g. examples/recipes/smoke.yaml")
+    parser.add_argument(
+        "--recipe", required=True, type=file_argument, help="a YAML recipe, e.g. examples/recipes/smoke.yaml"
+    )
     parser.add_argument("--output_dir", required=True, help="stage outputs, checkpoints, logs and loss.png")
     parser.add_argument("--max_steps_per_stage", type=int, default=None, help="overrides every stage's max_steps")
     parser.add_argument(
@@ -43,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--components", type=components_argument, default=None, help="overrides the recipe's components directory"
     )
-    parser.add_argument("--data", default=None, help="overrides the recipe's dataset (a save_to_disk directory)")
+    parser.add_argument(
+        "--data", type=folder_argument, default=None, help="overrides the recipe's dataset (a save_to_disk directory)"
+    )
     return parser.parse_args(argv)
 
 

@@ -617,10 +617,24 @@ class CountTrainable(TrainerCallback):
         self.counts.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
-def test_smoke_recipe_runs_three_stages(tmp_path, monkeypatch):
+def train_curriculum_script():
     spec = importlib.util.spec_from_file_location("train_curriculum", REPO / "examples" / "train_curriculum.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize("option", ["--recipe", "--data"])
+def test_train_curriculum_names_a_missing_path(option, tmp_path, capsys):
+    arguments = {"--recipe": str(REPO / "examples/recipes/smoke.yaml"), "--output_dir": str(tmp_path)}
+    arguments[option] = str(tmp_path / "typo")
+    with pytest.raises(SystemExit) as exit_info:
+        train_curriculum_script().main([item for pair in arguments.items() for item in pair])
+    assert exit_info.value.code == 2 and f"argument {option}: no such" in capsys.readouterr().err
+
+
+def test_smoke_recipe_runs_three_stages(tmp_path, monkeypatch):
+    script = train_curriculum_script()
     counter = CountTrainable()
     monkeypatch.setattr(script, "run_curriculum", lambda *a, **k: run_curriculum(*a, callbacks=[counter], **k))
     result = script.main(["--recipe", str(REPO / "examples/recipes/smoke.yaml"), "--output_dir", str(tmp_path)])
