@@ -768,6 +768,12 @@ class PalProcessor(ProcessorMixin):
                 )
         return _batch_windows(slot, len(clips), owners, features, mask), counts
 
+    def apply_chat_template(self, conversation: Sequence[dict] | Sequence[Sequence[dict]], *args, **kwargs):
+        """Transformers' `apply_chat_template`; a batch of chats may also be a `datasets` column (`ds["messages"]`)."""
+        if isinstance(conversation, Sequence) and not isinstance(conversation, (list, tuple, str)):
+            conversation = list(conversation)
+        return super().apply_chat_template(conversation, *args, **kwargs)
+
     def _resolve_chat_template(self, chat_template: str | None) -> str:
         """
         The template `apply_chat_template` renders, wrapped so that its chats may hold audio items, also when it was

@@ -260,6 +260,22 @@ def test_datasets_columns_are_lists(pal):
     assert all(torch.equal(actual[name], expected[name]) for name in expected)
 
 
+def test_a_datasets_column_of_chats_is_a_batch(pal):
+    """`apply_chat_template(ds["messages"])` (a `datasets` `Column`) gives what the same chats as a list give."""
+    datasets = pytest.importorskip("datasets")
+    _, processor = pal()
+    chats = [
+        [{"role": "user", "content": [{"type": "audio", "audio": noise(1.0, 8)}, {"type": "text", "text": q}]}]
+        for q in ("what is it?", "is it loud or quiet?")
+    ]
+    column = datasets.Dataset.from_dict({"messages": chats})["messages"]
+    options = dict(tokenize=True, return_dict=True, return_tensors="pt", add_generation_prompt=True)
+    expected = processor.apply_chat_template(chats, **options)
+    actual = processor.apply_chat_template(column, **options)
+    assert actual.keys() == expected.keys()
+    assert all(torch.equal(actual[name], expected[name]) for name in expected)
+
+
 def test_float_tensors_of_any_dtype_are_taken(pal):
     """bfloat16 (which numpy lacks), float16 and float64 tensors, and tensors that require grad, are read as floats."""
     _, processor = pal()
