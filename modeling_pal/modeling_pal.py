@@ -2,6 +2,8 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from functools import partial
+from types import MethodType
 
 import torch
 from torch import nn
@@ -510,27 +512,26 @@ BATCH_OPERATIONS = {
 def audio_kv_store(cache: Cache) -> PalAudioKVStore:
     """
     The audio store of `cache`, created on first use. `generate` builds the cache itself (dynamic or static), so the
-    store rides on that instance, whose batch operations and `reset` are extended to keep the store aligned.
+    store rides on that instance, whose batch operations and `reset` are extended to keep the store aligned. They are
+    bound to the instance, so those of a deep copy act on the copy and its own store.
     """
     store = getattr(cache, "pal_audio_store", None)
     if store is None:
         store = cache.pal_audio_store = PalAudioKVStore()
-        for name, operation in BATCH_OPERATIONS.items():
-            setattr(cache, name, _mirrored_on_store(getattr(cache, name), store, operation))
-        cache.reset = _mirrored_on_store(cache.reset, store, None)
+        for name in (*BATCH_OPERATIONS, "reset"):
+            setattr(cache, name, MethodType(partial(_mirrored_on_store, name), cache))
     return store
 
 
-def _mirrored_on_store(method, store: PalAudioKVStore, operation):
-    def mirrored(*args):
-        result = method(*args)
-        if operation is None:
-            store.clear()
-        else:
-            store.map(lambda tensor: operation(tensor, *args))
-        return result
-
-    return mirrored
+def _mirrored_on_store(name: str, cache: Cache, *args):
+    """`cache.<name>(*args)` as its class defines it, then the same on its audio store (`reset` clears it)."""
+    result = getattr(type(cache), name)(cache, *args)
+    operation = BATCH_OPERATIONS.get(name)
+    if operation is None:
+        cache.pal_audio_store.clear()
+    else:
+        cache.pal_audio_store.map(lambda tensor: operation(tensor, *args))
+    return result
 
 
 def _text_only_grows(cache: Cache, layer_idx: int) -> bool:

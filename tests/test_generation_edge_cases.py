@@ -157,3 +157,18 @@ def test_assisted_decoding_with_a_pal_assistant_equals_greedy(integration, pal_m
     assert_varied(expected)
     assert torch.equal(greedy(model, inputs, assistant_model=model), expected)
     assert torch.equal(greedy(model, inputs, prompt_lookup_num_tokens=3), expected)
+
+
+def test_batch_operations_on_a_copied_cache_act_on_the_copy(pal_model, extractor):
+    """A deep copy of a used cache keeps the audio store operations to itself (they stayed bound to the original)."""
+    model = sharpened(pal_model("llama", "lal"))
+    inputs = build_inputs(model, extractor, SAMPLES)
+    first = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+    copied = copy.deepcopy(first.cache)
+    copied.batch_select_indices(torch.tensor([1]))  # continue the second conversation only
+    assert first.cache.layers[0].keys.shape[0] == first.cache.pal_audio_store.valid.shape[0] == 2
+    input_ids = torch.cat([first.sequences[1:], torch.tensor([prompt(3, 60)])], dim=1)
+    text = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    expected = greedy(model, {**text, **{name: value[1:] for name, value in audio_inputs(inputs).items()}})
+    assert_varied(expected)
+    assert torch.equal(greedy(model, text, cache=copied), expected)
