@@ -200,6 +200,16 @@ def test_labels_are_exactly_the_answers(
         assert torch.isfinite(model(**{k: v for k, v in batch.items() if k != "row_ids"}).loss)
 
 
+def test_a_clip_the_chat_never_places_is_refused(pal_model, tiny_llm_dir, tiny_whisper_dir):
+    model = pal_model("llama", "plits")
+    processor = PalProcessor.from_components(tiny_llm_dir("llama"), {"whisper": tiny_whisper_dir}, model.config)
+    wave = np.zeros(16000, dtype=np.float32)
+    row = {"audio": wave, "messages": [{"role": "user", "content": "What is it?"}, assistant("a dog")]}
+    with pytest.raises(ValueError, match=r"no \{'type': 'audio'\} item"):
+        PalDataCollator(processor)([row])  # the clip would silently not reach the model
+    assert "audio_features_0" not in PalDataCollator(processor)([{**row, "audio": None}])  # a text-only row
+
+
 def test_trainer_dropping_the_chat_columns_gets_a_clear_error(
     pal_model, tiny_llm_dir, tiny_whisper_dir, synth, tmp_path
 ):

@@ -132,7 +132,13 @@ class PalDataCollator:
                 f"A row needs a `messages` column (its chat), got the columns {sorted(row)}; with `Trainer`, set "
                 "`remove_unused_columns=False` so that it passes the raw `messages` and `audio` columns"
             )
-        messages, clips = normalize_messages(row["messages"], row.get("audio"))
+        row_audio = row.get("audio")
+        messages, clips = normalize_messages(row["messages"], row_audio)
+        if not clips and row_audio is not None and not (isinstance(row_audio, (list, tuple)) and not row_audio):
+            raise ValueError(
+                f"Row {row.get('id', '')!r} has audio in its `audio` column but no {{'type': 'audio'}} item in its "
+                "chat, so the audio would not reach the model; put one where each clip belongs"
+            )
         text = self._render(messages)
         spans = []
         for index, message in enumerate(messages):
