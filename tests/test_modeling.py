@@ -386,3 +386,101 @@ def test_text_only_rows_sliced_from_a_batch_run_alone(integration, pal_model, ex
     text = {"input_ids": row["input_ids"], "attention_mask": row["attention_mask"]}
     torch.testing.assert_close(last_logits(model, row), last_logits(model, text), rtol=0, atol=0)
     assert torch.equal(greedy(model, row), greedy(model, text))
+
+
+def attention_reference(
+    attention, hidden: torch.Tensor, position: torch.Tensor, visible: torch.Tensor, audio: torch.Tensor | None, rope
+) -> torch.Tensor:
+    """
+    One self-attention from its weights: text `hidden (L, D)` at `position (L,)`, queries see the keys where `visible
+    (L, Na + L)`; `audio (Na, D)` (already normalised) adds keys without RoPE and values in front. → `(L, D)`.
+    """
+    head_dim, length = attention.head_dim, len(hidden)
+
+    def heads(projection, states, norm=None):  # (N, D) → (heads, N, head_dim)
+        states = projection(states).view(len(states), -1, head_dim)
+        return (norm(states) if norm is not None else states).transpose(0, 1)
+
+    def rotate(states):
+        cos, sin = rope(states, position[None])
+        half = states.shape[-1] // 2
+        return states * cos + torch.cat([-states[..., half:], states[..., :half]], -1) * sin
+
+    query = rotate(heads(attention.q_proj, hidden, getattr(attention, "q_norm", None)))
+    key = rotate(heads(attention.k_proj, hidden, getattr(attention, "k_norm", None)))
+    value = heads(attention.v_proj, hidden)
+    if audio is not None:
+        key = torch.cat([heads(attention.k_proj, audio, getattr(attention, "k_norm", None)), key], 1)
+        value = torch.cat([heads(attention.v_proj, audio), value], 1)
+    groups = query.shape[0] // key.shape[0]
+    key, value = key.repeat_interleave(groups, 0), value.repeat_interleave(groups, 0)
+    scores = (query @ key.transpose(1, 2)) * head_dim**-0.5
+    weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    return attention.o_proj((weights @ value).transpose(0, 1).reshape(length, -1))
+
+
+@torch.no_grad()
+def reference_logits(model, ids: torch.Tensor, clips: list[list[torch.Tensor]]) -> torch.Tensor:
+    """
+    PAL from scratch for one unpadded sample `ids (L,)` with one encoder; `clips`: per clip, its windows' valid encoder
+    tokens `(T_w, C)`. PLITS embeddings fill the placeholders in order; each LAL layer prepends the clips' audio as
+    keys/values seen from the clip's marker on (sliding windows apply to text only). → logits `(L, vocab)`.
+    """
+    config, decoder = model.config, model.model.language_model
+    settings, name = config.audio_encoders[0], config.audio_encoders[0]["name"]
+    hidden = decoder.embed_tokens(ids)
+    if settings["integration"] != "lal":
+        projector, pieces = model.model.plits_projectors[name], []
+        for window in (window for windows in clips for window in windows):
+            valid = torch.ones(1, len(window), dtype=torch.bool)
+            embeds, embeds_valid = projector(window[None], valid)
+            pieces.append(embeds[embeds_valid])
+        placeholders = ids == config.audio_placeholder_token_id
+        hidden = hidden.masked_scatter(placeholders[:, None], torch.cat(pieces)) if pieces else hidden
+    audio = torch.cat([torch.cat(windows) for windows in clips]) if clips else None
+    audio_clip = (
+        torch.cat([torch.full((sum(map(len, windows)),), k) for k, windows in enumerate(clips)]) if clips else None
+    )
+    position = torch.arange(len(ids))
+    markers = (ids == config.audio_token_id).long().cumsum(0)
+    window = getattr(config.text_config, "sliding_window", None)
+    layer_types = getattr(config.text_config, "layer_types", None) or ["sliding_attention"] * len(decoder.layers)
+    for index, layer in enumerate(decoder.layers):
+        visible = position[None, :] <= position[:, None]
+        if window is not None and layer_types[index] == "sliding_attention":
+            visible &= position[:, None] - position[None, :] < window
+        layer_audio = None
+        if index in config.lal_layers and audio is not None:
+            layer_audio = layer.input_layernorm(model.model.lal_projectors[name][str(index)](audio))
+            visible = torch.cat([audio_clip[None, :] < markers[:, None], visible], 1)
+        normed = layer.input_layernorm(hidden)
+        hidden = hidden + attention_reference(
+            layer.self_attn, normed, position, visible, layer_audio, decoder.rotary_emb
+        )
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return model.lm_head(decoder.norm(hidden))
+
+
+@pytest.mark.parametrize(
+    ("family", "integration"), [("llama", "lal"), ("mistral", "lal"), ("qwen3", "hybrid"), ("qwen2", "plits")]
+)
+def test_logits_equal_a_from_scratch_reference(family, integration, pal_model, extractor):
+    """Left-padded batch, samples with two clips of different lengths, one clip, and none."""
+    model = sharpened(pal_model(family, integration))
+    samples = [
+        [prompt(3), clip(1.0, 21), prompt(2, 40), clip(2.6, 22), prompt(4, 50)],
+        [prompt(6, 30), clip(0.7, 23), prompt(2, 60)],
+        [prompt(5, 60)],
+    ]
+    inputs = build_inputs(model, extractor, samples)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    for row, segments in enumerate(samples):
+        clips = []
+        for segment in segments[1::2] if segments[1:] else []:
+            one = build_inputs(model, extractor, [[segment]])
+            audio = model.get_audio_features(one["audio_features_0"], one["audio_feature_mask_0"])
+            clips.append([tokens[mask] for tokens, mask in zip(audio.last_hidden_state[0], audio.audio_mask[0])])
+        real = inputs["attention_mask"][row].bool()
+        expected = reference_logits(model, inputs["input_ids"][row][real], clips)
+        torch.testing.assert_close(logits[row][real], expected, rtol=1e-4, atol=1e-4)
