@@ -1085,7 +1085,7 @@ class PalModel(PalPreTrainedModel):
         return audio
 
     def _check_audio_inputs(self, audio_inputs: dict, audio_embeds) -> None:
-        """Audio inputs of slots this model lacks, or given beside `audio_embeds`, would be silently dropped."""
+        """Audio inputs of slots this model lacks, given beside `audio_embeds`, or extra `audio_embeds` would be dropped."""
         given = [name for name, value in audio_inputs.items() if value is not None]
         num_slots = len(self.config.audio_encoders)
         known = {f"{prefix}{k}" for prefix in AUDIO_INPUT_PREFIXES for k in range(num_slots)}
@@ -1097,6 +1097,10 @@ class PalModel(PalPreTrainedModel):
             )
         if given and audio_embeds is not None:
             raise ValueError(f"Pass either audio_embeds or the audio inputs {given}, not both")
+        if isinstance(audio_embeds, (list, tuple)) and len(audio_embeds) > num_slots:
+            raise ValueError(
+                f"audio_embeds has {len(audio_embeds)} entries but this model has {num_slots} audio encoder(s)"
+            )
 
     def _token_mask(self, input_ids, inputs_embeds, token_id: int | None) -> torch.Tensor:
         if token_id is None:

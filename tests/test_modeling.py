@@ -344,6 +344,8 @@ def test_audio_inputs_for_missing_slots_or_other_batches_are_refused(pal_model, 
             model(**inputs, audio_features_1=inputs["audio_features_0"])
         with pytest.raises(ValueError, match="either audio_embeds or"):
             model(**inputs, audio_embeds=[embeds])
+        with pytest.raises(ValueError, match="audio_embeds has 2 entries"):  # the second was dropped by zip
+            model(input_ids=inputs["input_ids"], audio_embeds=[embeds, embeds])
         pair = build_inputs(model, extractor, [sample, sample])
         text = {"input_ids": pair["input_ids"], "attention_mask": pair["attention_mask"]}
         for audio in (
