@@ -561,7 +561,7 @@ class PalLalAttentionMixin:
         return {}
 
     def init_audio_projections(self) -> None:
-        """Separate `audio_k_proj`/`audio_v_proj` start as the layer's own (except parameters loaded from a checkpoint)."""
+        """Separate `audio_k_proj`/`audio_v_proj` start as the layer's own (unless loaded from a checkpoint)."""
         for audio, own in ((self.audio_k_proj, self.k_proj), (self.audio_v_proj, self.v_proj)):
             for name, parameter in audio.named_parameters():
                 init.copy_(parameter, own.get_parameter(name))
@@ -1085,7 +1085,7 @@ class PalModel(PalPreTrainedModel):
         return audio
 
     def _check_audio_inputs(self, audio_inputs: dict, audio_embeds) -> None:
-        """Audio inputs of slots this model lacks, given beside `audio_embeds`, or extra `audio_embeds` would be dropped."""
+        """Audio inputs of slots this model lacks, given beside `audio_embeds`, or extra `audio_embeds` are refused."""
         given = [name for name, value in audio_inputs.items() if value is not None]
         num_slots = len(self.config.audio_encoders)
         known = {f"{prefix}{k}" for prefix in AUDIO_INPUT_PREFIXES for k in range(num_slots)}

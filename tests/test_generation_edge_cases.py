@@ -136,7 +136,7 @@ def test_chunked_prefill_and_audio_with_a_filled_cache_are_refused(pal_model, ex
 
 
 def test_deprecated_past_key_values_keyword_is_the_cache(pal_model, extractor):
-    """Transformers 5.24 still takes `past_key_values=` (renamed `cache`) with a warning: a decoding step must use it."""
+    """Transformers 5.24 still takes `past_key_values=` (now `cache`) with a warning: a decoding step must use it."""
     model = sharpened(pal_model("llama", "lal"))
     inputs = build_inputs(model, extractor, SAMPLES[:1])
     with torch.no_grad():

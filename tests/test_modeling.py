@@ -359,7 +359,7 @@ def test_audio_inputs_for_missing_slots_or_other_batches_are_refused(pal_model, 
 def test_separate_audio_projections_start_from_the_layers_own(pal_model, tmp_path):
     """
     `lal_kv_source="separate"` switched on when loading a checkpoint trained with shared projections: the new
-    `audio_k_proj`/`audio_v_proj` start as the layer's `k_proj`/`v_proj` (as documented), and trained ones load as saved.
+    `audio_k_proj`/`audio_v_proj` start as the layer's `k_proj`/`v_proj`, as documented; trained ones load as saved.
     """
     pal_model("qwen2", "lal").save_pretrained(tmp_path / "shared")  # Qwen2: k/v biases too
     model = PalForConditionalGeneration.from_pretrained(tmp_path / "shared", lal_kv_source="separate")
