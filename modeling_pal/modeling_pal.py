@@ -1075,7 +1075,13 @@ class PalModel(PalPreTrainedModel):
                 audio_embeds = dict(zip(names, audio_embeds))
             for name in audio_embeds:
                 self._slot(name)
-            audio = {name: value for name, value in audio_embeds.items() if value is not None}
+            audio = {  # in the LLM's dtype, as `get_audio_features` returns them (stored ones may be float32)
+                name: PalAudioFeatures(
+                    **{**value, "last_hidden_state": value.last_hidden_state.to(self.language_model.dtype)}
+                )
+                for name, value in audio_embeds.items()
+                if value is not None
+            }
         for name, features in audio.items():
             if features.last_hidden_state.shape[0] != batch:
                 raise ValueError(
