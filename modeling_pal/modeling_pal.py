@@ -1075,9 +1075,11 @@ class PalModel(PalPreTrainedModel):
                 audio_embeds = dict(zip(names, audio_embeds))
             for name in audio_embeds:
                 self._slot(name)
-            audio = {  # in the LLM's dtype, as `get_audio_features` returns them (stored ones may be float32)
+            audio = {  # as `get_audio_features` returns them; stored ones may be float32, with a 0/1 mask
                 name: PalAudioFeatures(
-                    **{**value, "last_hidden_state": value.last_hidden_state.to(self.language_model.dtype)}
+                    last_hidden_state=value.last_hidden_state.to(self.language_model.dtype),
+                    audio_mask=value.audio_mask.bool(),
+                    window_clip=value.window_clip,
                 )
                 for name, value in audio_embeds.items()
                 if value is not None

@@ -490,12 +490,16 @@ def test_logits_equal_a_from_scratch_reference(family, integration, pal_model, e
 
 @pytest.mark.parametrize("integration", ["lal", "plits"])
 def test_precomputed_audio_in_float32_feeds_a_bfloat16_model(integration, pal_model, extractor):
-    """`audio_embeds` stored in float32 (e.g. saved to disk) are cast like raw features are, not a matmul dtype error."""
+    """`audio_embeds` stored in float32 with a 0/1 mask (e.g. saved to disk) are cast like raw features are."""
     model = copy.deepcopy(pal_model("llama", integration)).to(torch.bfloat16)
     inputs = build_inputs(model, extractor, [[prompt(3), clip(1.0, 24), prompt(3, 40)]])
     names = ("audio_features_0", "audio_feature_mask_0", "audio_window_clip_0")
     with torch.no_grad():
         embeds = model.get_audio_features(*(inputs.pop(name) for name in names))
-    stored = PalAudioFeatures(**{**embeds, "last_hidden_state": embeds.last_hidden_state.float()})
+    stored = PalAudioFeatures(
+        last_hidden_state=embeds.last_hidden_state.float(),
+        audio_mask=embeds.audio_mask.long(),  # a 0/1 mask, as many formats store booleans
+        window_clip=embeds.window_clip,
+    )
     expected = last_logits(model, {**inputs, "audio_embeds": [embeds]})
     assert torch.equal(last_logits(model, {**inputs, "audio_embeds": [stored]}), expected)
