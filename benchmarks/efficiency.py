@@ -36,7 +36,7 @@ from _args import fraction, non_negative_int, positive_float, positive_int, posi
 from _report import SCHEMA_VERSION, markdown, plots, summarize, validate  # noqa: E402
 from _variants import SHAPES, VARIANT_HELP, VARIANTS, batch_for  # noqa: E402
 
-from modeling_pal.training.cpu import preload_environment, tcmalloc_library  # noqa: E402
+from modeling_pal.cpu import preload_environment, tcmalloc_library  # noqa: E402
 
 RESULTS = HERE / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from datasets import load_from_disk
 
+from modeling_pal.cpu import preload_environment, tcmalloc_library
 from modeling_pal.hub import positive_int
-from modeling_pal.training.cpu import preload_environment, tcmalloc_library
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "examples" / "recipes" / "pal_synth.yaml"
-# every stage's malloc: glibc's page-faults each large activation back in every training step (modeling_pal.training.cpu)
+# every stage's malloc: glibc's page-faults each large activation back in every training step (modeling_pal.cpu)
 TCMALLOC = tcmalloc_library()
 
 

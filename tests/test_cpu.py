@@ -1,9 +1,9 @@
-"""modeling_pal.training.cpu: child processes (the demo's stages, the benchmark's workers) that preload tcmalloc."""
+"""modeling_pal.cpu: child processes (the demo's stages, the benchmark's workers) that preload tcmalloc."""
 
 import subprocess
 import sys
 
-from modeling_pal.training.cpu import REPORT_THRESHOLD_VARIABLE, preload_environment, tcmalloc_library
+from modeling_pal.cpu import REPORT_THRESHOLD_VARIABLE, preload_environment, tcmalloc_library
 
 
 def test_preload_environment_puts_the_library_first_and_keeps_the_rest():
