@@ -36,6 +36,7 @@ from _reproduce_report import (
 from datasets import Audio, DatasetDict, load_from_disk
 from transformers import TrainerCallback
 
+from modeling_pal.data.synth import PAL_SYNTH_VERSION, build_pal_synth, pal_synth_version
 from modeling_pal.evaluation.answers import normalize_text
 from modeling_pal.evaluation.runner import generate_answers, score_predictions
 from modeling_pal.training.curriculum import load_recipe, run_curriculum
@@ -136,10 +137,11 @@ def derive_recipe(base: dict, variant: str, seed: int) -> dict:
     return load_recipe(recipe)
 
 
-def protocol_fingerprint(base: dict, evaluation: dict, components: Path, smoke: bool) -> str:
+def protocol_fingerprint(base: dict, evaluation: dict, components: Path, data: Path, smoke: bool) -> str:
     """
     A digest of what makes runs comparable: the base recipe (paths aside), the evaluation settings, the variant
-    definitions and the components' manifest (re-pretrained components make earlier runs incomparable).
+    definitions, the components' manifest (re-pretrained components make earlier runs incomparable) and the PAL-Synth
+    version of the data (a newer generator gives other rows; `None` for data saved before versions were recorded).
     """
     base = {key: value for key, value in base.items() if key not in ("seed", "name", "components")}
     base["data"] = {key: value for key, value in base.get("data", {}).items() if key != "dataset"}
@@ -151,6 +153,9 @@ def protocol_fingerprint(base: dict, evaluation: dict, components: Path, smoke: 
         "components": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None,
         "smoke": smoke,
     }
+    data_version = pal_synth_version(load_from_disk(str(data)))
+    if data_version is not None:  # runs on data saved before versions keep the digest they were recorded with
+        payload["pal_synth_version"] = data_version
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -180,24 +185,28 @@ def _building(target: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _loads(data: Path) -> bool:
+def _current(data: Path) -> bool:
+    """Whether `data` holds a finished PAL-Synth build of this `PAL_SYNTH_VERSION`."""
     try:
-        return set(EVAL_SPLITS) | {"train"} <= set(load_from_disk(str(data)))
+        dataset = load_from_disk(str(data))
     except Exception:  # noqa: BLE001 - any failure to load means: not a finished build
         return False
+    return set(EVAL_SPLITS) | {"train"} <= set(dataset) and pal_synth_version(dataset) == PAL_SYNTH_VERSION
 
 
 def build_smoke_inputs(directory: Path) -> tuple[Path, Path]:
     """A tiny PAL-Synth (`directory/data`) and tiny random components llm / whisper / clap (`directory/components`)."""
-    from modeling_pal.data.synth import build_pal_synth
     from modeling_pal.training.tiny import build_tiny_components, save_tiny_clap
 
     data, components = directory / "data", directory / "components"
     # Each is built in a temporary sibling and renamed into place: a run killed half-way leaves no directory that a
     # later run would take for a finished one.
-    if data.is_dir() and not _loads(data):  # left incomplete by a run of an earlier version (built in place)
+    # left incomplete by a run of an earlier version (built in place), or built by another PAL-Synth version: rebuilt,
+    # with the components trained on it
+    stale = data.is_dir() and not _current(data)
+    if stale:
         shutil.rmtree(data)
-    if components.is_dir() and not (components / "clap" / "preprocessor_config.json").is_file():
+    if components.is_dir() and (stale or not (components / "clap" / "preprocessor_config.json").is_file()):
         shutil.rmtree(components)
     if not data.is_dir():
         with _building(data) as tmp:

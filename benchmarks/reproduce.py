@@ -154,7 +154,7 @@ def run_study(args: argparse.Namespace) -> list[dict]:
     for seed in args.seeds:  # seed-major: a partial study still has every variant of its first seeds
         for variant in args.variants:
             # per run: components re-pretrained during a study must not pass for the ones earlier runs used
-            protocol = study.protocol_fingerprint(base, evaluation, Path(components), args.smoke)
+            protocol = study.protocol_fingerprint(base, evaluation, Path(components), Path(data), args.smoke)
             path = args.results / f"{variant}-seed{seed}.json"
             recipe = study.derive_recipe(base, variant, seed)
             if not args.force and finished(path, protocol, recipe):
@@ -179,7 +179,7 @@ def run_study(args: argparse.Namespace) -> list[dict]:
                 smoke=args.smoke,
                 keep_checkpoints=args.keep_checkpoints,
             )
-            if study.protocol_fingerprint(base, evaluation, Path(components), args.smoke) != protocol:
+            if study.protocol_fingerprint(base, evaluation, Path(components), Path(data), args.smoke) != protocol:
                 record.update(status="error", error="the components changed during the run")
             errors = validate(record)
             if errors:  # a bug in the writer: keep the record, marked failed, rather than lose the run

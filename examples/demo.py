@@ -17,6 +17,7 @@ import torch
 from datasets import load_from_disk
 
 from modeling_pal.cpu import preload_environment, tcmalloc_library
+from modeling_pal.data.synth import PAL_SYNTH_VERSION, pal_synth_version
 from modeling_pal.hub import positive_int
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,11 +50,18 @@ def step(title: str, command: list[str]) -> float:
 def build_data(work: Path, size: int | None) -> tuple[Path, float]:
     data = work / "pal_synth"
     if (data / "dataset_dict.json").exists():
-        cached = load_from_disk(str(data))["train"].num_rows
-        if size is not None and size != cached:
+        cached = load_from_disk(str(data))
+        built_by = pal_synth_version(cached)
+        if built_by != PAL_SYNTH_VERSION:
             raise SystemExit(
-                f"{data} holds a PAL-Synth of {cached} train rows, not --size {size}: remove it or use "
-                "another --work-dir"
+                f"{data} holds a PAL-Synth built by version {built_by or 'before 2.0.0'}, which gives other rows than "
+                f"this version ({PAL_SYNTH_VERSION}): remove {work} (its components were pretrained on that data) or "
+                "use another --work-dir"
+            )
+        if size is not None and size != cached["train"].num_rows:
+            raise SystemExit(
+                f"{data} holds a PAL-Synth of {cached['train'].num_rows} train rows, not --size {size}: remove it or "
+                "use another --work-dir"
             )
         print(f"\n=== PAL-Synth: cached in {data}")
         return data, 0.0

@@ -4,25 +4,28 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import importlib.util
 import itertools
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from datasets import DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict, load_from_disk
 
 from modeling_pal.data.synth import (
     DEFAULT_SIZE,
     HELD_OUT_PAIRS,
     MIX_EVENTS,
     PAL_FEATURES,
+    PAL_SYNTH_VERSION,
     SPLITS,
     TASK_TYPES,
     TRAIN_PAIRS,
     _plan_split,
     build_pal_synth,
     main,
+    pal_synth_version,
     stage_subset,
 )
 
@@ -125,6 +128,26 @@ def test_audio_is_16khz_finite_and_non_empty(dataset):
             assert decoded.sample_rate == 16000 and samples.shape[0] == 1
             assert samples.size > 0 and np.isfinite(samples).all() and np.abs(samples).max() > 0
             assert samples.shape[1] == pytest.approx(row["duration"] * 16000, abs=1)
+
+
+def test_a_saved_pal_synth_knows_its_version(dataset):
+    """Caches of PAL-Synth (the demo's, the reproduction study's) tell a build of another generator version apart."""
+    assert pal_synth_version(dataset) == PAL_SYNTH_VERSION
+    assert pal_synth_version(stage_subset(dataset["train"], 2)) == PAL_SYNTH_VERSION
+    assert pal_synth_version(Dataset.from_dict({"id": ["a"]})) is None  # built before versions, or other data
+
+
+def test_the_demo_refuses_a_cached_pal_synth_of_another_version(dataset, tmp_path):
+    spec = importlib.util.spec_from_file_location("demo", Path(__file__).parent.parent / "examples" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    for split in dataset.values():
+        split.info.version = None  # as saved before versions were recorded
+    dataset.save_to_disk(str(tmp_path / "pal_synth"))
+    for split in dataset.values():
+        split.info.version = PAL_SYNTH_VERSION
+    with pytest.raises(SystemExit, match=r"built by version before 2\.0\.0, which gives other rows"):
+        demo.build_data(tmp_path, size=None)
 
 
 def test_stage_subsets(dataset):

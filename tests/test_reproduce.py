@@ -20,6 +20,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import _reproduce_report as report  # noqa: E402
 import _reproduce_study as study  # noqa: E402
 
+from modeling_pal.data.synth import PAL_SYNTH_VERSION, pal_synth_version  # noqa: E402
+
 VARIANTS = ("plits", "lal_frozen_ffn")
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
@@ -172,3 +174,14 @@ def test_smoke_inputs_survive_an_interrupted_build(tmp_path, monkeypatch):
     shutil.rmtree(data / "train")
     data, _ = study.build_smoke_inputs(tmp_path)
     assert len(datasets.load_from_disk(str(data))["train"]) == study.SMOKE_SYNTH_SIZE
+    # so is a PAL-Synth of another generator version, with the components pretrained on it
+    stale = datasets.load_from_disk(str(data))
+    for split in stale.values():
+        split.info.version = None
+    stale.save_to_disk(str(tmp_path / "stale"))
+    shutil.rmtree(data)
+    (tmp_path / "stale").rename(data)
+    (components / "stale").touch()
+    data, components = study.build_smoke_inputs(tmp_path)
+    assert pal_synth_version(datasets.load_from_disk(str(data))) == PAL_SYNTH_VERSION
+    assert not (components / "stale").exists()

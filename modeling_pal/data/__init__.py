@@ -8,9 +8,11 @@ import importlib
 
 _EXPORTS = {
     "PAL_FEATURES": "synth",
+    "PAL_SYNTH_VERSION": "synth",
     "TASK_TYPES": "synth",
     "build_pal_synth": "synth",
     "chat_messages": "synth",
+    "pal_synth_version": "synth",
     "stage_subset": "synth",
     "convert_audiocaps": "converters",
     "convert_audiofolder": "converters",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from datasets import Audio, Dataset, DatasetDict, Features, List, Value
+from datasets import Audio, Dataset, DatasetDict, DatasetInfo, Features, List, Value
 from tqdm.auto import tqdm
 
 from ._synth_audio import SAMPLING_RATE, Clip, Event, Speech, encode_wav, render_clip, synthesize_speech
@@ -56,6 +56,10 @@ TASK_TYPES = {
 STAGE_TASK_TYPES = {1: ("classification",), 2: ("classification", "closed"), 3: ("classification", "closed", "open")}
 SPLITS = ("train", "validation", "test", "test_compositional")
 DEFAULT_SIZE = 3000
+# Raised whenever the same (size, seed) starts giving other rows, so that a PAL-Synth saved by another version is told
+# apart (`pal_synth_version`). 2.0.0: melodies rise or fall note by note, captioning rows are closed-ended (stage 2);
+# earlier builds carry no version.
+PAL_SYNTH_VERSION = "2.0.0"
 
 # Share of each task in the i.i.d. splits, and in the compositional split (two-event tasks only).
 TASK_WEIGHTS = {
@@ -619,7 +623,8 @@ def build_pal_synth(size: int = DEFAULT_SIZE, seed: int = 0) -> DatasetDict:
 
     Returns:
         A `DatasetDict` with splits `train`, `validation`, `test` (i.i.d.) and `test_compositional` (two-event
-        clips whose event pairs never occur in the other splits), with `PAL_FEATURES` columns.
+        clips whose event pairs never occur in the other splits), with `PAL_FEATURES` columns and
+        `info.version = PAL_SYNTH_VERSION`.
     """
     if size < 1 or seed < 0:
         raise ValueError(f"size must be ≥ 1 and seed ≥ 0, got size={size}, seed={seed}")
@@ -634,8 +639,18 @@ def build_pal_synth(size: int = DEFAULT_SIZE, seed: int = 0) -> DatasetDict:
             _record(f"{split}-{index:06d}", row, render_clip(row.clip, speech))
             for index, row in enumerate(tqdm(rows, desc=f"rendering {split}"))
         ]
-        splits[split] = Dataset.from_list(records, features=PAL_FEATURES)
+        info = DatasetInfo(description="PAL-Synth", version=PAL_SYNTH_VERSION, features=PAL_FEATURES)
+        splits[split] = Dataset.from_list(records, info=info)
     return DatasetDict(splits)
+
+
+def pal_synth_version(dataset: Dataset | DatasetDict) -> str | None:
+    """
+    The `PAL_SYNTH_VERSION` that built `dataset` (kept by `save_to_disk`, `map`, `filter` and `select`); `None` for a
+    PAL-Synth built before versions were recorded, or other data.
+    """
+    split = next(iter(dataset.values())) if isinstance(dataset, DatasetDict) else dataset
+    return None if split.info.version is None else str(split.info.version)
 
 
 def stage_subset(dataset: Dataset | DatasetDict, stage: int) -> Dataset | DatasetDict:
