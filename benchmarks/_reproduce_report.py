@@ -119,6 +119,7 @@ RUN_SCHEMA = {
         "components": STR,
         "components_metrics": {"type": ["object", "null"]},
         "data": STR,
+        "pal_synth_version": {"type": ["string", "null"]},
         "environment": {
             "type": "object",
             "required": ["torch", "transformers", "threads", "cpu_count", "device"],
@@ -493,13 +494,26 @@ def caveat(runs: list[dict]) -> str:
         "> **Scale caveat — read this first.** These numbers come from *tiny* models"
         f" ({size}; the components are pretrained for a minute or two each by"
         " `python -m modeling_pal.data.pretrain_components`), *synthetic* data (PAL-Synth: tones, chirps, noise,"
-        " melodies and espeak-ng speech; 3 000 training rows), on a *CPU* (2 shared cores), with *time-limited*"
+        f" melodies and espeak-ng speech; 3 000 training rows; {data_version(runs)}), on a *CPU* (2 shared cores),"
+        " with *time-limited*"
         " curriculum stages of under a minute each and evaluation on a fixed subset of a few rows per task. The paper"
         " trains 1–3 B-parameter LLMs on 5.6 M real audio-text pairs on GPUs. A verdict here says whether the paper's"
         " qualitative claim shows up in this controlled toy setting; it neither confirms nor refutes the paper's"
         " numbers. With few evaluation rows and 3 seeds, many comparisons are expected to be *inconclusive at this"
         " scale*."
     )
+
+
+def data_version(runs: list[dict]) -> str:
+    """The PAL-Synth version(s) of the runs' data, and what a build from before versions differs in."""
+    versions = sorted({run.get("pal_synth_version") or "before 2.0.0" for run in runs}) or ["—"]
+    text = f"PAL-Synth version {', '.join(versions)}"
+    if "before 2.0.0" in versions:
+        text += (
+            ": its rising and falling melodies went both ways and its captioning rows were open-ended, so trained"
+            " only in stage 3"
+        )
+    return text
 
 
 RUN_FILES = """## Run files (schema version 1)
@@ -512,9 +526,10 @@ recipe, and reruns anything else):
 schema_version 1;  kind "pal-reproduce-run";  variant, seed, description
 status         "ok" | "error";  error: null or the exception and traceback tail
 smoke          true for --smoke runs (tiny random components)
-protocol       digest of the base recipe, evaluation settings, variant definitions and components' manifest:
-               only runs of the newest finished run's protocol are aggregated
+protocol       digest of the base recipe, evaluation settings, variant definitions, components' manifest and
+               the data's PAL-Synth version: only runs of the newest finished run's protocol are aggregated
 created, wall_s, components, data (paths), components_metrics (numbers of the components' manifest.json),
+pal_synth_version  the data's PAL_SYNTH_VERSION (null: saved before versions; runs written before it lack it)
                environment {python, torch, transformers, platform, cpu_count,
                threads, device, load_average, load_average_end}
 recipe         the derived recipe run_curriculum ran (model, data, training, stages, lora, seed, name)

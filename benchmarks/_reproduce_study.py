@@ -404,6 +404,7 @@ def run_one(
         "components": str(components),
         "components_metrics": components_summary(components),
         "data": str(data),
+        "pal_synth_version": pal_synth_version(load_from_disk(str(data))),
         "environment": environment(),
     }
     run_dir = work_dir / f"{variant}-seed{seed}"
