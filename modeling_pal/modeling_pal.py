@@ -1261,12 +1261,12 @@ class PalModel(PalPreTrainedModel):
         plits_embeds = self._plits_embeddings(audio)
         if plits_embeds is not None or (placeholder_mask.any() and not decoding):
             inputs_embeds = self._scatter_plits(inputs_embeds, placeholder_mask, plits_embeds)
-        markers = self._token_mask(input_ids, inputs_embeds, self.config.audio_token_id)
-        if self.config.uses_lal and not decoding:
+        if self.config.uses_lal and not decoding:  # LAL audio enters at prefill only: decoding steps need no markers
+            markers = self._token_mask(input_ids, inputs_embeds, self.config.audio_token_id)
             self._check_markers(markers, audio)
-        lal_inputs = self._lal_inputs(audio, markers) if audio else None
-        if lal_inputs is not None:
-            kwargs["pal_lal"] = lal_inputs
+            lal_inputs = self._lal_inputs(audio, markers) if audio else None
+            if lal_inputs is not None:
+                kwargs["pal_lal"] = lal_inputs
         if position_ids is None:
             position_ids = _position_ids_from_mask(attention_mask, inputs_embeds.shape[1])
 

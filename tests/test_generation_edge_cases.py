@@ -172,3 +172,19 @@ def test_batch_operations_on_a_copied_cache_act_on_the_copy(pal_model, extractor
     expected = greedy(model, {**text, **{name: value[1:] for name, value in audio_inputs(inputs).items()}})
     assert_varied(expected)
     assert torch.equal(greedy(model, text, cache=copied), expected)
+
+
+def test_decoding_steps_do_not_search_for_audio_markers(pal_model, extractor, monkeypatch):
+    """LAL audio enters at prefill: a cached decoding step scans its token for placeholders only, not for markers."""
+    model = pal_model("llama", "lal")
+    inputs = build_inputs(model, extractor, SAMPLES[:1])
+    searched = []
+    token_mask = modeling_pal.modeling_pal.PalModel._token_mask
+    monkeypatch.setattr(
+        modeling_pal.modeling_pal.PalModel,
+        "_token_mask",
+        lambda self, ids, embeds, token_id: searched.append(token_id) or token_mask(self, ids, embeds, token_id),
+    )
+    with torch.no_grad():
+        model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert searched.count(model.config.audio_token_id) == 1
