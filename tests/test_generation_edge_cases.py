@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 from helpers import assert_varied, build_inputs, clip, greedy, last_logits, prompt, sharpened
-from transformers import StaticCache, WhisperFeatureExtractor
+from transformers import LogitsProcessorList, StaticCache, WhisperFeatureExtractor
 
 import modeling_pal.modeling_pal
 
@@ -188,3 +188,15 @@ def test_decoding_steps_do_not_search_for_audio_markers(pal_model, extractor, mo
     with torch.no_grad():
         model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert searched.count(model.config.audio_token_id) == 1
+
+
+@pytest.mark.parametrize("visibility", ["causal", "all"])
+def test_generating_a_marker_without_a_cache_goes_on(visibility, pal_model, extractor):
+    """Without a cache each step reruns prompt and answer: a marker token in the answer must not count as a clip's."""
+    model = pal_model("llama", "lal", lal_audio_visibility=visibility)
+    inputs = build_inputs(model, extractor, SAMPLES[:1])
+    marker = model.config.audio_token_id
+    forced = LogitsProcessorList([lambda ids, scores: scores.index_fill(1, torch.tensor([marker]), 1e4)])
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=False, logits_processor=forced)
+    assert output[0, -3:].tolist() == [marker] * 3
