@@ -322,3 +322,13 @@ def test_batched_answers_equal_one_by_one_whatever_the_tokenizers_padding_side(d
     one_by_one = generate_answers(model, processor, rows, batch_size=1, max_new_tokens=6)
     assert len(set(one_by_one)) > 1, one_by_one
     assert generate_answers(model, processor, rows, batch_size=4, max_new_tokens=6) == one_by_one
+
+
+def test_documented_mmau_exports_are_of_mmau_rows():
+    """The script refuses `--mmau-output` for PAL-Synth (its rows have PAL's tasks): no documented command asks it."""
+    text = (REPO / "docs" / "evaluation.md").read_text().replace("\\\n", " ")
+    commands = [line.split() for line in text.splitlines() if "evaluate_pal.py" in line and "--dataset" in line]
+    assert commands
+    for words in commands:
+        if "--mmau-output" in words:
+            assert "pal_synth" not in words[words.index("--dataset") + 1], " ".join(words)
