@@ -56,4 +56,6 @@ if [ "$left" -lt 60 ]; then
 fi
 timeout "$left" "$PYTHON" benchmarks/efficiency.py --device "$DEVICE" --shape paper --launcher "$launcher" --no-docs \
     --point-timeout 150 --output "$OUT/efficiency-paper-$DEVICE.json" "${paper_args[@]}"
-echo "paper run: exit $? after $((SECONDS - start)) s of $BUDGET (launcher $launcher)"
+status=$?
+echo "paper run: exit $status after $((SECONDS - start)) s of $BUDGET (launcher $launcher)"
+exit "$status"

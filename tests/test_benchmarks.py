@@ -347,3 +347,21 @@ def test_crash_reasons(tmp_path):
     (tmp_path / "spec.json").write_text("{}")
     returncode, stderr = launcher.run(tmp_path / "spec.json", tmp_path / "out.json", 120)
     assert returncode == 1 and "KeyError: 'variant'" in stderr
+
+
+def test_device_paper_run_exits_with_the_paper_runs_status(tmp_path):
+    """The device tool reports the script's status: a paper run that failed or ran out of time must not read as 0."""
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        'case "$1" in -m | -c) exit 0 ;; -) cat >/dev/null; exit 0 ;; esac\n'
+        'case " $* " in *" --smoke "*) exit 0 ;; esac\n'
+        "exit 3\n"  # the paper run
+    )
+    python.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "PYTHON": str(python), "DEPS": str(tmp_path / "deps")}
+    run = subprocess.run(
+        ["bash", str(BENCH / "device_paper_run.sh")], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert "paper run: exit 3" in run.stdout
+    assert run.returncode == 3
