@@ -16,7 +16,7 @@ ABI=cp${PYTHON_VERSION/./}
 
 packages=()
 for name in transformers soundfile soxr cffi pycparser regex; do
-    version=$("$PIP" show "$name" 2>/dev/null | sed -n 's/^Version: //p')
+    version=$("$PIP" show "$name" 2>/dev/null | sed -n 's/^Version: //p' || true)  # set -e: a failing pip show would exit silently
     [ -n "$version" ] || { echo "$name is not installed in the venv: run make setup first" >&2; exit 1; }
     packages+=("$name==$version")
 done

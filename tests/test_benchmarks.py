@@ -365,3 +365,14 @@ def test_device_paper_run_exits_with_the_paper_runs_status(tmp_path):
     )
     assert "paper run: exit 3" in run.stdout
     assert run.returncode == 3
+
+
+def test_device_wheels_names_a_package_missing_from_the_venv(tmp_path):
+    """`pip show` fails for a package the venv lacks: the script says which, instead of exiting without a word."""
+    pip = tmp_path / "pip"
+    pip.write_text("#!/usr/bin/env bash\nexit 1\n")
+    pip.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PIP": str(pip), "DEST": str(tmp_path / "wheels")}
+    run = subprocess.run(["bash", str(BENCH / "device_wheels.sh")], env=env, capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "transformers is not installed in the venv" in run.stderr
