@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+from fnmatch import fnmatch
 from pathlib import Path
 
 import yaml
@@ -16,7 +17,8 @@ RECIPE_FILE = "pal_recipe.yaml"
 EVAL_FILE = "pal_eval.json"
 TEXT_MODEL_KEY = "llm"
 DEFAULT_LICENSE = "apache-2.0"  # modeling_pal's own; a checkpoint built on a base model takes that model's
-# Files of an earlier upload that a new one may not rewrite: other weight shards, a recipe or report since removed.
+# Top-level files of an earlier upload that a new one may not rewrite: other weight shards, a recipe or report since
+# removed.
 STALE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", RECIPE_FILE, EVAL_FILE]
 
 CARD_TEMPLATE = """
@@ -249,12 +251,27 @@ def upload_repository(api: HfApi, folder: str | Path, repo_id: str, private: boo
     """
     Creates the Hub repository (if needed) and uploads `folder` with a client from `hub_api`. Weights, recipe and
     evaluation report of an earlier upload that `folder` does not have are deleted in the same commit (stale shards
-    next to new weights would load instead of them); other files added to the repository are kept.
+    next to new weights would load instead of them); other files added to the repository, and anything in its
+    subfolders (e.g. an ONNX export), are kept.
     """
     api.create_repo(repo_id, private=private, exist_ok=True)
     return api.upload_folder(
         folder_path=str(folder),
         repo_id=repo_id,
         commit_message="Upload PAL checkpoint",
-        delete_patterns=STALE_PATTERNS,
+        delete_patterns=_stale_files(api, folder, repo_id) or None,
     ).commit_url
+
+
+def _stale_files(api: HfApi, folder: str | Path, repo_id: str) -> list[str]:
+    """
+    The repository's top-level files matching `STALE_PATTERNS` that `folder` lacks (as patterns, the Hub's `*` would
+    also match in subfolders).
+    """
+    return [
+        name
+        for name in api.list_repo_files(repo_id)
+        if "/" not in name
+        and any(fnmatch(name, pattern) for pattern in STALE_PATTERNS)
+        and not (Path(folder) / name).exists()
+    ]

@@ -238,6 +238,7 @@ def test_push_checks_the_hub_before_loading_the_model(push_script, tmp_path, mon
 def test_upload_deletes_the_weights_and_reports_of_an_earlier_upload(monkeypatch, tmp_path):
     """Re-publishing sharded weights over single-file ones left the old `model.safetensors`, which loads first."""
     remote = [".gitattributes", "README.md", "model.safetensors", "pal_eval.json", "assets/sample.wav"]
+    remote += ["onnx/model.safetensors", "onnx/pal_eval.json"]  # the user's: subfolders are not the upload's
     commits = []
     api = HfApi(token="hf_test")
     monkeypatch.setattr(hf_api, "is_xet_available", lambda: False)  # the single-commit path, no network
