@@ -18,7 +18,7 @@ REPORT_THRESHOLD_VARIABLE = "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"
 
 
 def tcmalloc_library() -> str | None:
-    """tcmalloc's shared library (Debian's `libtcmalloc-minimal4`: `libtcmalloc_minimal.so.4`), None if not installed."""
+    """tcmalloc's shared library (Debian's `libtcmalloc-minimal4`: `libtcmalloc_minimal.so.4`), None if missing."""
     return ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
 
 

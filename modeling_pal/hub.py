@@ -119,7 +119,7 @@ def folder_argument(text: str) -> str:
 
 
 def check_empty_folder(path: str | Path) -> None:
-    """Raises a `FileExistsError` unless `path` is missing or an empty folder, so what is written there is all it holds."""
+    """Raises a `FileExistsError` unless `path` is missing or an empty folder: what is written there is all it holds."""
     path = Path(path)
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise FileExistsError(f"{path} exists and is not an empty folder: the repository is written into a new one")
@@ -204,8 +204,8 @@ def write_repository(
     Writes the repository exactly as it would be uploaded: safetensors weights (sharded when large), config with
     `auto_map`, the remote-code files, processor and tokenizer files, generation config and `README.md`.
     The training recipe (`pal_recipe.yaml`) and evaluation report (`pal_eval.json`) of `source_dir` are included
-    when present; `license` goes into the card's metadata. `out_dir` must be missing or empty, so that it holds nothing else. Raises if anything pickled ended
-    up in the folder.
+    when present; `license` goes into the card's metadata. `out_dir` must be missing or empty, so that it holds nothing
+    else. Raises if anything pickled ended up in the folder.
     """
     check_empty_folder(out_dir)
     out_dir = Path(out_dir)

@@ -85,7 +85,7 @@ class PalAudioFeatures(ModelOutput):
 
 @dataclass
 class PalModelOutputWithPast(BaseModelOutputWithPast):
-    """`BaseModelOutputWithPast` plus `audio_hidden_states`: the PLITS embeddings scattered into the text, `(N, hidden)`."""
+    """`BaseModelOutputWithPast` plus `audio_hidden_states`: the PLITS embeddings put into the text, `(N, hidden)`."""
 
     audio_hidden_states: torch.FloatTensor | None = None
 
@@ -317,7 +317,10 @@ class PalPlitsProjector(nn.Module):
         self.linear_2 = nn.Linear(out_dim, out_dim) if kind == "mlp" else None
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(N, T, C)`, `(N, T)` → `(N, ceil(T / downsample), out_dim)` and its mask (a group is valid if it starts valid)."""
+        """
+        `(N, T, C)`, `(N, T)` → `(N, ceil(T / downsample), out_dim)` and its mask (a group is valid if it starts
+        valid).
+        """
         num, length, width = tokens.shape
         pad = -length % self.downsample
         tokens = nn.functional.pad(tokens * mask[..., None], (0, 0, 0, pad))
@@ -1470,7 +1473,7 @@ class PalForConditionalGeneration(PalPreTrainedModel, GenerationMixin):
         return input_ids, model_kwargs
 
     def _prefill(self, input_ids: torch.LongTensor, generation_config: GenerationConfig, model_kwargs: dict, **kwargs):
-        """Chunked prefill cannot split PAL's audio inputs, as Transformers refuses for its own raw multimodal inputs."""
+        """Chunked prefill cannot split PAL's audio inputs (Transformers refuses it for its multimodal inputs too)."""
         audio_names = [name for name in AUDIO_INPUT_NAMES if model_kwargs.get(name) is not None]
         chunk_size = generation_config.prefill_chunk_size
         if audio_names and chunk_size is not None and input_ids.shape[1] > chunk_size:
