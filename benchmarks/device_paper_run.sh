@@ -22,9 +22,9 @@ DEPS=${DEPS:-/tmp/pal-device-deps}
 DEVICE=${DEVICE:-cuda}
 read -r -a paper_args <<<"${PAPER_ARGS:-}"
 start=$SECONDS
-exec > >(tee "$OUT/log.txt") 2>&1
 
-"$PYTHON" -m pip install --quiet --no-index --no-deps --target "$DEPS" .device-wheels/*.whl || exit 1
+main() {  # the whole run, not indented because it holds a heredoc
+"$PYTHON" -m pip install --quiet --no-index --no-deps --upgrade --target "$DEPS" .device-wheels/*.whl || exit 1
 # NVML answers torch.cuda.is_available() without initialising CUDA, so the fork server stays safe to fork
 export PYTHONPATH="$DEPS:$PWD" PYTHONUNBUFFERED=1 PYTORCH_NVML_BASED_CUDA_CHECK=1 HF_HUB_OFFLINE=1 DEVICE
 "$PYTHON" - <<'EOF' | tee "$OUT/env.txt"
@@ -59,3 +59,8 @@ timeout "$left" "$PYTHON" benchmarks/efficiency.py --device "$DEVICE" --shape pa
 status=$?
 echo "paper run: exit $status after $((SECONDS - start)) s of $BUDGET (launcher $launcher)"
 exit "$status"
+}
+
+# a pipeline, not `exec > >(tee …)`: the script ends only when log.txt holds every line
+main 2>&1 | tee "$OUT/log.txt"
+exit "${PIPESTATUS[0]}"

@@ -119,7 +119,7 @@ def folder_argument(text: str) -> str:
 
 
 def check_empty_folder(path: str | Path) -> None:
-    """Raises a `FileExistsError` unless `path` is missing or an empty folder: what is written there is all it holds."""
+    """Raises a `FileExistsError` unless `path` is missing or empty: then what is written there is all it holds."""
     path = Path(path)
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise FileExistsError(f"{path} exists and is not an empty folder: the repository is written into a new one")
