@@ -105,7 +105,8 @@ def test_a_datasets_dataset_is_a_stream_of_prompts(checkpoint, cases, expected):
     A `datasets.Dataset` of `{"text", "audio"}` rows (an Audio column; extra columns are ignored) gives each row's
     answer, as its row alone does; it was taken as one input (AttributeError: 'Dataset' object has no attribute 'copy').
     """
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     pipe = pipeline("audio-text-to-text", model=checkpoint)
     case = cases["text+44.1kHz path"]
     rows = {"text": [case["text"]] * 3, "audio": [case["audio"]] * 3, "id": [0, 1, 2]}

@@ -229,7 +229,8 @@ def test_files_with_more_than_eight_channels_are_downmixed(pal, tmp_path):
     A 12-channel file (a microphone array) is down-mixed like any file, also through `datasets`; it was refused, as
     only raw arrays need the channel axis told apart by its size (≤ 8).
     """
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     _, processor = pal()
     channels = np.stack([tones(1.0, RATE) * (k + 1) / 12 for k in range(12)], axis=1)
     path = tmp_path / "microphones.wav"
@@ -251,7 +252,8 @@ def test_a_list_of_lists_is_a_list_of_mono_clips(pal):
 
 def test_datasets_columns_are_lists(pal):
     """`ds["text"]` and `ds["audio"]` (`datasets` `Column`s, not lists) are a batch of prompts and its clips."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     _, processor = pal()
     rows = {"text": [ask(processor, 1), ask(processor, 1)], "audio": [noise(1.0, 6), noise(0.5, 7)]}
     dataset = datasets.Dataset.from_dict(rows)
@@ -262,7 +264,8 @@ def test_datasets_columns_are_lists(pal):
 
 def test_a_datasets_column_of_chats_is_a_batch(pal):
     """`apply_chat_template(ds["messages"])` (a `datasets` `Column`) gives what the same chats as a list give."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     _, processor = pal()
     chats = [
         [{"role": "user", "content": [{"type": "audio", "audio": noise(1.0, 8)}, {"type": "text", "text": q}]}]
@@ -306,8 +309,9 @@ def test_integer_pcm_is_scaled_like_the_file(pal, tmp_path):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # soundfile's callbacks try to seek
 def test_formats_libsndfile_lacks_are_decoded_with_torchcodec(pal, tmp_path):
     """An .m4a (AAC) file, as phones record them, was refused ("Format not recognised"); torchcodec decodes it."""
-    AudioDecoder = pytest.importorskip("torchcodec.decoders").AudioDecoder
-    AudioEncoder = pytest.importorskip("torchcodec.encoders").AudioEncoder
+    from torchcodec.decoders import AudioDecoder
+    from torchcodec.encoders import AudioEncoder
+
     _, processor = pal()
     path = tmp_path / "phone.m4a"
     AudioEncoder(torch.from_numpy(tones(1.0, RATE))[None], sample_rate=RATE).to_file(str(path))
@@ -354,7 +358,8 @@ def test_datasets_audio_decoders_give_the_files_features_every_time(pal, tmp_pat
     wrong samples from its second use on (reading `row["audio"]["array"]` first is one); the processor decodes the file
     behind it afresh, at the file's own rate, so every use gives the path's features (stereo down-mixed).
     """
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     _, processor = pal()
     path = tmp_path / "stereo.wav"
     soundfile.write(path, np.stack([tones(1.5, 44100), tones(1.5, 44100)[::-1]], axis=1), 44100)
