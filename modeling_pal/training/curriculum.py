@@ -49,6 +49,14 @@ SECTION_KEYS = {
 }
 # The collator reads the raw `messages` and `audio` columns, so the Trainer must keep them
 FIXED_ARGS = {"remove_unused_columns": False}
+# `TrainingArguments` the curriculum sets itself, refused in a recipe's `training` / stage `args` (they were replaced
+# without a word), with where they come from.
+CURRICULUM_ARGS = {
+    "output_dir": "each stage writes under the run's output_dir",
+    "seed": "the recipe's top-level `seed` seeds every stage",
+    "use_cpu": "the device follows how the run is launched",
+    "remove_unused_columns": "it stays False: the collator reads the raw chat and audio columns",
+}
 # TRL's `SFTConfig` changes these `TrainingArguments` defaults (learning rate, bf16 autocast, activation
 # checkpointing, logging)
 TRL_DEFAULTS_OVERRIDDEN = {
@@ -297,7 +305,11 @@ def _prepare_stage(model, groups: list[str], run: _Run):
 
 def _training_args(recipe: dict, stage: dict, output_dir: Path, max_steps: int | None, use_cpu: bool, trl: bool):
     """The stage's `TrainingArguments` (or TRL `SFTConfig`): recipe defaults, then the stage's own, then overrides."""
-    values = {"report_to": "none", **recipe.get("training", {}), **stage.get("args", {}), **FIXED_ARGS}
+    given = {**recipe.get("training", {}), **stage.get("args", {})}
+    taken = [f"`{name}` ({CURRICULUM_ARGS[name]})" for name in given if name in CURRICULUM_ARGS]
+    if taken:
+        raise ValueError(f"set by the curriculum, not by a recipe: {'; '.join(taken)}")
+    values = {"report_to": "none", **given, **FIXED_ARGS}
     values.update(output_dir=str(output_dir), seed=recipe.get("seed", 0), use_cpu=use_cpu)
     if max_steps is not None:
         values["max_steps"] = max_steps
