@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable, Sequence
 
 
 def _parsed(text: str, cast: type, kind: str):
@@ -65,3 +66,17 @@ def fraction(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1]")
     return value
+
+
+def name_list(known: Sequence[str]) -> Callable[[str], list[str]]:
+    """argparse type: a non-empty comma-separated list of names from `known`, duplicates dropped (order kept)."""
+
+    def parse(text: str) -> list[str]:
+        names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+        unknown = sorted(set(names) - set(known))
+        if not names or unknown:
+            what = f"unknown {unknown} in {text!r}" if unknown else f"no name in {text!r}"
+            raise argparse.ArgumentTypeError(f"{what}; choose from {','.join(known)}")
+        return names
+
+    return parse

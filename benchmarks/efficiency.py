@@ -32,7 +32,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _args import fraction, non_negative_int, positive_float, positive_int, positive_int_list  # noqa: E402
+from _args import (  # noqa: E402
+    fraction,
+    name_list,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
 from _report import SCHEMA_VERSION, markdown, plots, summarize, validate  # noqa: E402
 from _variants import SHAPES, VARIANT_HELP, VARIANTS, batch_for  # noqa: E402
 
@@ -93,7 +100,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", help="cpu (default) or cuda")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="model shapes (default: cpu; smoke for --smoke)")
     parser.add_argument("--dtype", help="default: bfloat16 on CUDA and for the paper shapes, float32 otherwise")
-    parser.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (duplicates dropped)")
+    parser.add_argument(
+        "--variants",
+        type=name_list(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)} (duplicates dropped: one point per variant and Na)",
+    )
     parser.add_argument(
         "--na", type=positive_int_list, help="comma-separated Na points ≥ 1 (overrides the mode's; duplicates dropped)"
     )
@@ -157,12 +168,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.variants is not None:
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        unknown = sorted(set(variants) - set(VARIANTS))
-        if not variants or unknown:
-            parser.error(f"--variants: unknown variants {unknown}; known: {','.join(VARIANTS)}")
-        args.variants = list(dict.fromkeys(variants))  # one point per (variant, Na)
     return args
 
 

@@ -41,7 +41,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from _args import non_negative_int_list, positive_float, positive_int  # noqa: E402
+from _args import name_list, non_negative_int_list, positive_float, positive_int  # noqa: E402
 from _reproduce_report import VARIANT_ORDER, validate, write_report  # noqa: E402
 
 RESULTS = HERE / "results" / "reproduce"
@@ -60,7 +60,12 @@ FULL_COMMAND = ".venv/bin/python benchmarks/reproduce.py --seeds 0,1,2"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=",".join(VARIANT_ORDER), help="comma-separated, from: %(default)s")
+    parser.add_argument(
+        "--variants",
+        type=name_list(VARIANT_ORDER),
+        default=",".join(VARIANT_ORDER),
+        help="comma-separated, from: %(default)s (duplicates dropped)",
+    )
     parser.add_argument(
         "--seeds",
         type=non_negative_int_list,
@@ -91,10 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="rerun finished runs too")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's stage models in the work dir")
     args = parser.parse_args(argv)
-    args.variants = list(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))  # order kept
-    unknown = sorted(set(args.variants) - set(VARIANT_ORDER))
-    if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {list(VARIANT_ORDER)}")
     work = args.work_dir or (SMOKE_WORK if args.smoke else WORK)
     args.work_dir = work
     args.results = args.results or (work / "results" if args.smoke else RESULTS)
