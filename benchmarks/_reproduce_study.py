@@ -40,6 +40,7 @@ from modeling_pal.data.synth import PAL_SYNTH_VERSION, build_pal_synth, pal_synt
 from modeling_pal.evaluation.answers import normalize_text
 from modeling_pal.evaluation.runner import generate_answers, score_predictions
 from modeling_pal.training.curriculum import load_recipe, run_curriculum
+from modeling_pal.training.tiny import build_tiny_components, save_tiny_clap
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_RECIPE = ROOT / "examples" / "recipes" / "pal_synth.yaml"
@@ -196,8 +197,6 @@ def _current(data: Path) -> bool:
 
 def build_smoke_inputs(directory: Path) -> tuple[Path, Path]:
     """A tiny PAL-Synth (`directory/data`) and tiny random components llm / whisper / clap (`directory/components`)."""
-    from modeling_pal.training.tiny import build_tiny_components, save_tiny_clap
-
     data, components = directory / "data", directory / "components"
     # Each is built in a temporary sibling and renamed into place: a run killed half-way leaves no directory that a
     # later run would take for a finished one.
